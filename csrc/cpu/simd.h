@@ -1,0 +1,33 @@
+// A float vector of the widest width the compiler targets (GCC/Clang vector extensions), so one
+// source serves SSE, AVX2 and AVX-512 builds.
+#pragma once
+#include <cstring>
+
+namespace mia_fast {
+namespace cpu {
+
+#if defined(__AVX512F__)
+constexpr int kVecWidth = 16;
+#elif defined(__AVX__)
+constexpr int kVecWidth = 8;
+#else
+constexpr int kVecWidth = 4;
+#endif
+
+typedef float vfloat __attribute__((vector_size(kVecWidth * sizeof(float))));
+
+inline vfloat vload(const float* p) {
+  vfloat v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void vstore(float* p, vfloat v) { std::memcpy(p, &v, sizeof(v)); }
+inline vfloat vbroadcast(float x) {
+  vfloat v;
+  for (int i = 0; i < kVecWidth; ++i) v[i] = x;
+  return v;
+}
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+}  // namespace cpu
+}  // namespace mia_fast

@@ -1,0 +1,397 @@
+// Persistent fused AEPPT kernel (Xue et al., Algorithm 1) on the label-folded substitute MIM.
+// One block owns a tile of TB samples and runs all T iterations; the tile's state (p, h1, the
+// backward vectors and the gradient signs) lives in shared memory, weights are read through L1/L2.
+// Every sum runs in the same order as the CPU kernel (bias first, then k = 0, 1, ... with FMA), so
+// CPU and CUDA agree except for the last bits of the output logit.
+#include "aeppt_kernel.cuh"
+
+namespace mia_fast {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kGroup = 8;  // samples per work item in the phases whose outputs are narrow
+
+struct TileSmem {
+  float* p;       // [C][TB]  current vectors, transposed
+  float* h1;      // [H1][TB] relu(a1)
+  float* a2;      // [H2][TB] a2, then 1[a2>0] * w3
+  float* g1;      // [H1][TB] 1[a1>0] * W_a^T(1[a2>0] * w3)
+  signed char* dsign;  // [C][TB] sign(W_p^T g1)
+  float* step;    // [TB] signed step of this iteration (0: no update)
+  int* label;     // [TB]
+  float* target;  // [TB]
+  int* active;    // [TB]
+};
+
+__host__ __device__ inline size_t align16(size_t n) { return (n + 15) / 16 * 16; }
+
+__host__ __device__ inline size_t smem_layout(int tb, int c, int h1, int h2, TileSmem* s, char* base) {
+  size_t off = 0;
+  auto take = [&](size_t bytes) { char* p = base + off; off += align16(bytes); return p; };
+  char* p = take(sizeof(float) * c * tb);
+  char* hh = take(sizeof(float) * h1 * tb);
+  char* a2 = take(sizeof(float) * h2 * tb);
+  char* g1 = take(sizeof(float) * h1 * tb);
+  char* ds = take(c * tb);
+  char* st = take(sizeof(float) * tb);
+  char* lb = take(sizeof(int) * tb);
+  char* tg = take(sizeof(float) * tb);
+  char* ac = take(sizeof(int) * tb);
+  if (s != nullptr) {
+    *s = TileSmem{(float*)p, (float*)hh, (float*)a2, (float*)g1, (signed char*)ds, (float*)st, (int*)lb, (float*)tg,
+                  (int*)ac};
+  }
+  return off;
+}
+
+__device__ inline float sigmoidf(float z) { return 1.f / (1.f + expf(-z)); }
+
+// Layer 1 for the tile: h1[i][s] = relu(b_p[i] + sum_j W_p[i][j] p[s][j]); one hidden unit per thread.
+template <int TB>
+__device__ void forward_layer1(const FoldedWeights& w, const TileSmem& s) {
+  for (int i = threadIdx.x; i < w.hidden1; i += kThreads) {
+    float acc[TB];
+    const float b = w.bp[i];
+#pragma unroll
+    for (int q = 0; q < TB; ++q) acc[q] = b;
+    const float* col = w.wp_t + i;
+#pragma unroll 4
+    for (int j = 0; j < w.classes; ++j) {
+      const float wij = __ldg(col + (size_t)j * w.hidden1);
+      const float4* pj = reinterpret_cast<const float4*>(s.p + j * TB);
+#pragma unroll
+      for (int q4 = 0; q4 < TB / 4; ++q4) {
+        const float4 v = pj[q4];
+        acc[4 * q4 + 0] = fmaf(v.x, wij, acc[4 * q4 + 0]);
+        acc[4 * q4 + 1] = fmaf(v.y, wij, acc[4 * q4 + 1]);
+        acc[4 * q4 + 2] = fmaf(v.z, wij, acc[4 * q4 + 2]);
+        acc[4 * q4 + 3] = fmaf(v.w, wij, acc[4 * q4 + 3]);
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < TB; ++q) s.h1[i * TB + q] = acc[q] > 0.f ? acc[q] : 0.f;
+  }
+}
+
+// Layer 2: a2[o][s] = c[label s][o] + sum_i W_a[o][i] h1[i][s]; work items (o, group of 8 samples).
+template <int TB>
+__device__ void forward_layer2(const FoldedWeights& w, const TileSmem& s) {
+  const int items = w.hidden2 * (TB / kGroup);
+  for (int item = threadIdx.x; item < items; item += kThreads) {
+    const int o = item % w.hidden2, s0 = (item / w.hidden2) * kGroup;
+    float acc[kGroup];
+#pragma unroll
+    for (int q = 0; q < kGroup; ++q) acc[q] = __ldg(w.table + (size_t)s.label[s0 + q] * w.hidden2 + o);
+    const float* col = w.wa_t + o;
+#pragma unroll 4
+    for (int i = 0; i < w.hidden1; ++i) {
+      const float wio = __ldg(col + (size_t)i * w.hidden2);
+      const float4* h = reinterpret_cast<const float4*>(s.h1 + i * TB + s0);
+      const float4 u = h[0], v = h[1];
+      acc[0] = fmaf(u.x, wio, acc[0]);
+      acc[1] = fmaf(u.y, wio, acc[1]);
+      acc[2] = fmaf(u.z, wio, acc[2]);
+      acc[3] = fmaf(u.w, wio, acc[3]);
+      acc[4] = fmaf(v.x, wio, acc[4]);
+      acc[5] = fmaf(v.y, wio, acc[5]);
+      acc[6] = fmaf(v.z, wio, acc[6]);
+      acc[7] = fmaf(v.w, wio, acc[7]);
+    }
+#pragma unroll
+    for (int q = 0; q < kGroup; ++q) s.a2[o * TB + s0 + q] = acc[q];
+  }
+}
+
+// Logit z = b3 + sum_o relu(a2[o]) w3[o] of sample q, reduced by one warp (all lanes get it).
+template <int TB>
+__device__ float warp_logit(const FoldedWeights& w, const TileSmem& s, int q, int lane) {
+  float part = 0.f;
+  for (int o = lane; o < w.hidden2; o += 32) {
+    const float a = s.a2[o * TB + q];
+    part = fmaf(a > 0.f ? a : 0.f, w.w3[o], part);
+  }
+  for (int off = 16; off > 0; off >>= 1) part += __shfl_xor_sync(0xffffffffu, part, off);
+  return part + *w.b3;
+}
+
+// Backward to hidden 1: g1[i][s] = 1[h1>0] * sum_o W_a[o][i] g2[o][s]; one hidden unit per thread.
+template <int TB>
+__device__ void backward_layer2(const FoldedWeights& w, const TileSmem& s) {
+  for (int i = threadIdx.x; i < w.hidden1; i += kThreads) {
+    float acc[TB];
+#pragma unroll
+    for (int q = 0; q < TB; ++q) acc[q] = 0.f;
+    const float* col = w.wa + i;
+#pragma unroll 4
+    for (int o = 0; o < w.hidden2; ++o) {
+      const float woi = __ldg(col + (size_t)o * w.hidden1);
+      const float4* g = reinterpret_cast<const float4*>(s.a2 + o * TB);
+#pragma unroll
+      for (int q4 = 0; q4 < TB / 4; ++q4) {
+        const float4 v = g[q4];
+        acc[4 * q4 + 0] = fmaf(v.x, woi, acc[4 * q4 + 0]);
+        acc[4 * q4 + 1] = fmaf(v.y, woi, acc[4 * q4 + 1]);
+        acc[4 * q4 + 2] = fmaf(v.z, woi, acc[4 * q4 + 2]);
+        acc[4 * q4 + 3] = fmaf(v.w, woi, acc[4 * q4 + 3]);
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < TB; ++q) s.g1[i * TB + q] = s.h1[i * TB + q] > 0.f ? acc[q] : 0.f;
+  }
+}
+
+// Backward to the input: dsign[j][s] = sign(sum_i W_p[i][j] g1[i][s]); work items (j, 8 samples).
+template <int TB>
+__device__ void backward_layer1(const FoldedWeights& w, const TileSmem& s) {
+  const int items = w.classes * (TB / kGroup);
+  for (int item = threadIdx.x; item < items; item += kThreads) {
+    const int j = item % w.classes, s0 = (item / w.classes) * kGroup;
+    float acc[kGroup];
+#pragma unroll
+    for (int q = 0; q < kGroup; ++q) acc[q] = 0.f;
+    const float* col = w.wp + j;
+#pragma unroll 4
+    for (int i = 0; i < w.hidden1; ++i) {
+      const float wij = __ldg(col + (size_t)i * w.classes);
+      const float4* g = reinterpret_cast<const float4*>(s.g1 + i * TB + s0);
+      const float4 u = g[0], v = g[1];
+      acc[0] = fmaf(u.x, wij, acc[0]);
+      acc[1] = fmaf(u.y, wij, acc[1]);
+      acc[2] = fmaf(u.z, wij, acc[2]);
+      acc[3] = fmaf(u.w, wij, acc[3]);
+      acc[4] = fmaf(v.x, wij, acc[4]);
+      acc[5] = fmaf(v.y, wij, acc[5]);
+      acc[6] = fmaf(v.z, wij, acc[6]);
+      acc[7] = fmaf(v.w, wij, acc[7]);
+    }
+#pragma unroll
+    for (int q = 0; q < kGroup; ++q) s.dsign[j * TB + s0 + q] = (signed char)((acc[q] > 0.f) - (acc[q] < 0.f));
+  }
+}
+
+// torch.argmax of the candidate vector clamp(p + step * dsign) of sample q: (max, first index).
+template <int TB>
+__device__ int warp_argmax_after_step(const TileSmem& s, int classes, int q, float step, int lane) {
+  float best = -1.f;
+  int best_j = 0x7fffffff;
+  for (int j = lane; j < classes; j += 32) {
+    const float x = fminf(fmaxf(s.p[j * TB + q] + step * (float)s.dsign[j * TB + q], 0.f), 1.f);
+    if (x > best) { best = x; best_j = j; }
+  }
+  for (int off = 16; off > 0; off >>= 1) {
+    const float ob = __shfl_xor_sync(0xffffffffu, best, off);
+    const int oj = __shfl_xor_sync(0xffffffffu, best_j, off);
+    if (ob > best || (ob == best && oj < best_j)) { best = ob; best_j = oj; }
+  }
+  return best_j;
+}
+
+template <int TB>
+__global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptArgs a) {
+  extern __shared__ __align__(16) char smem_raw[];
+  TileSmem s;
+  smem_layout(TB, w.classes, w.hidden1, w.hidden2, &s, smem_raw);
+  const int64_t b0 = (int64_t)blockIdx.x * TB;
+  const int nvalid = (int)min((int64_t)TB, a.batch - b0);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int C = w.classes;
+
+  // Load the tile transposed; pad samples past the batch end with zeros (inactive, never written).
+  for (int idx = threadIdx.x; idx < C * TB; idx += kThreads) {
+    const int q = idx / C, j = idx % C;
+    s.p[j * TB + q] = q < nvalid ? a.probs[(b0 + q) * C + j] : 0.f;
+  }
+  __syncthreads();
+  for (int q = warp; q < TB; q += kWarps) {  // labels: first index of the maximum, as torch.argmax
+    float best = -1.f;
+    int best_j = 0x7fffffff;
+    for (int j = lane; j < C; j += 32) {
+      const float x = s.p[j * TB + q];
+      if (x > best) { best = x; best_j = j; }
+    }
+    for (int off = 16; off > 0; off >>= 1) {
+      const float ob = __shfl_xor_sync(0xffffffffu, best, off);
+      const int oj = __shfl_xor_sync(0xffffffffu, best_j, off);
+      if (ob > best || (ob == best && oj < best_j)) { best = ob; best_j = oj; }
+    }
+    if (lane == 0) {
+      s.label[q] = best_j < C ? best_j : 0;
+      s.active[q] = q < nvalid;
+    }
+  }
+  __syncthreads();
+
+  const int passes = a.iters > 0 ? a.iters : 1;
+  for (int t = 0; t < passes; ++t) {
+    forward_layer1<TB>(w, s);
+    __syncthreads();
+    forward_layer2<TB>(w, s);
+    __syncthreads();
+    for (int q = warp; q < TB; q += kWarps) {
+      const float sig = sigmoidf(warp_logit<TB>(w, s, q, lane));
+      __syncwarp();
+      float step = 0.f;
+      if (q < nvalid) {
+        if (t == 0 && lane == 0) {
+          a.score_in[b0 + q] = sig;
+          s.target[q] = sig >= 0.5f ? 1.f : 0.f;
+        }
+        __syncwarp();
+        const float target = s.target[q];
+        bool active = s.active[q] != 0;
+        if (active && a.stop_when_flipped && (sig >= 0.5f ? 1.f : 0.f) != target) active = false;
+        const float dz_sign = (float)((sig > target) - (sig < target));
+        if (active && t < a.iters) step = a.steps[(int64_t)t * a.batch + b0 + q] * dz_sign;
+        __syncwarp();
+        if (lane == 0) s.active[q] = active;
+      }
+      if (lane == 0) s.step[q] = step;
+      for (int o = lane; o < w.hidden2; o += 32) s.a2[o * TB + q] = s.a2[o * TB + q] > 0.f ? w.w3[o] : 0.f;
+    }
+    __syncthreads();
+    if (t >= a.iters) break;
+    backward_layer2<TB>(w, s);
+    __syncthreads();
+    backward_layer1<TB>(w, s);
+    __syncthreads();
+    for (int q = warp; q < TB; q += kWarps) {
+      const float step = s.step[q];
+      if (step == 0.f) continue;  // inactive, padding, or sigmoid(z) == Y exactly
+      if (a.preserve_label && warp_argmax_after_step<TB>(s, C, q, step, lane) != s.label[q]) continue;
+      for (int j = lane; j < C; j += 32) {
+        float* pj = &s.p[j * TB + q];
+        *pj = fminf(fmaxf(*pj + step * (float)s.dsign[j * TB + q], 0.f), 1.f);
+      }
+    }
+    __syncthreads();
+  }
+
+  // Renormalise if asked, write the tile out, and score the final vectors.
+  for (int q = warp; q < nvalid; q += kWarps) {
+    float scale = 1.f;
+    bool uniform = false;
+    if (a.renormalize) {
+      float part = 0.f;
+      for (int j = lane; j < C; j += 32) part += s.p[j * TB + q];
+      for (int off = 16; off > 0; off >>= 1) part += __shfl_xor_sync(0xffffffffu, part, off);
+      uniform = !(part > 0.f);
+      scale = part;
+    }
+    __syncwarp();
+    for (int j = lane; j < C; j += 32) {
+      float x = s.p[j * TB + q];
+      if (a.renormalize) x = uniform ? 1.f / (float)C : x / scale;
+      s.p[j * TB + q] = x;
+      a.adv[(b0 + q) * C + j] = x;
+    }
+  }
+  __syncthreads();
+  forward_layer1<TB>(w, s);
+  __syncthreads();
+  forward_layer2<TB>(w, s);
+  __syncthreads();
+  for (int q = warp; q < nvalid; q += kWarps) {
+    const float sig = sigmoidf(warp_logit<TB>(w, s, q, lane));
+    if (lane == 0) a.score_out[b0 + q] = sig;
+  }
+}
+
+// Selection: one block per original, one warp per candidate; the block then picks the lowest-loss
+// qualifying candidate in index order (ties -> lowest index).
+constexpr int kSelectThreads = 256;
+
+__global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectArgs a) {
+  extern __shared__ float d2s[];  // [K]
+  const int64_t n = blockIdx.x;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const float* orig = a.originals + n * a.d;
+  const bool vec = (a.d % 4 == 0);  // rows are then 16-byte aligned (cudaMalloc bases are)
+  for (int k = warp; k < a.k; k += kSelectThreads / 32) {
+    const float* cand = a.candidates + (n * a.k + k) * a.d;
+    float acc = 0.f;
+    if (vec) {
+      const float4* c4 = reinterpret_cast<const float4*>(cand);
+      const float4* o4 = reinterpret_cast<const float4*>(orig);
+      for (int i = lane; i < a.d / 4; i += 32) {
+        const float4 c = __ldcs(c4 + i), o = __ldg(o4 + i);
+        const float dx = c.x - o.x, dy = c.y - o.y, dz = c.z - o.z, dw = c.w - o.w;
+        acc = fmaf(dx, dx, acc);
+        acc = fmaf(dy, dy, acc);
+        acc = fmaf(dz, dz, acc);
+        acc = fmaf(dw, dw, acc);
+      }
+    } else {
+      for (int i = lane; i < a.d; i += 32) {
+        const float dx = __ldcs(cand + i) - __ldg(orig + i);
+        acc = fmaf(dx, dx, acc);
+      }
+    }
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if (lane == 0) {
+      d2s[k] = acc;
+      a.distances[n * a.k + k] = a.squared ? acc : sqrtf(acc);
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int64_t best = -1;
+    float best_loss = 0.f;
+    for (int k = 0; k < a.k; ++k) {
+      const float l = a.losses[n * a.k + k];
+      const bool ok = (a.valid == nullptr || a.valid[n * a.k + k]) && d2s[k] <= a.threshold && !isnan(l);
+      if (ok && (best < 0 || l < best_loss)) {
+        best = k;
+        best_loss = l;
+      }
+    }
+    a.index[n] = best;
+  }
+}
+
+}  // namespace
+
+size_t aeppt_smem_bytes(int tile, int classes, int hidden1, int hidden2) {
+  return smem_layout(tile, classes, hidden1, hidden2, nullptr, nullptr);
+}
+
+int aeppt_pick_tile(int64_t batch, int classes, int hidden1, int hidden2, size_t smem_limit, int multiprocessors) {
+  // Prefer 32-sample tiles (more reuse of each weight load) unless that leaves SMs idle.
+  const int order_big[3] = {32, 16, 8};
+  for (int tb : order_big) {
+    if (aeppt_smem_bytes(tb, classes, hidden1, hidden2) > smem_limit) continue;
+    if (tb > 8 && (batch + tb - 1) / tb < multiprocessors) continue;
+    return tb;
+  }
+  return aeppt_smem_bytes(8, classes, hidden1, hidden2) <= smem_limit ? 8 : 0;
+}
+
+template <int TB>
+static cudaError_t launch_tile(const FoldedWeights& w, const AepptArgs& a, cudaStream_t stream) {
+  const size_t smem = aeppt_smem_bytes(TB, w.classes, w.hidden1, w.hidden2);
+  cudaError_t err = cudaFuncSetAttribute(aeppt_kernel<TB>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  if (err != cudaSuccess) return err;
+  const unsigned blocks = (unsigned)((a.batch + TB - 1) / TB);
+  aeppt_kernel<TB><<<blocks, kThreads, smem, stream>>>(w, a);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_aeppt(const FoldedWeights& w, const AepptArgs& a, int tile, cudaStream_t stream) {
+  if (a.batch == 0) return cudaSuccess;
+  switch (tile) {
+    case 32: return launch_tile<32>(w, a, stream);
+    case 16: return launch_tile<16>(w, a, stream);
+    case 8: return launch_tile<8>(w, a, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t launch_select(const SelectArgs& a, cudaStream_t stream) {
+  if (a.n == 0 || a.k == 0) return cudaSuccess;
+  select_kernel<<<(unsigned)a.n, kSelectThreads, sizeof(float) * a.k, stream>>>(a);
+  return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace mia_fast

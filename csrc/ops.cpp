@@ -1,0 +1,23 @@
+// Operator schemas of the mia_fast extension. Kernels live in csrc/cpu and csrc/cuda.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing mia_fast._C loads this shared library, which runs the TORCH_LIBRARY registrations.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(mia_fast, m) {
+  // AEPPT (Xue et al., Algorithm 1) on the label-folded substitute MIM; see mia_fast/ops/reference.py.
+  m.def(
+      "aeppt(Tensor probs, Tensor w_pred, Tensor b_pred, Tensor w_hidden, Tensor class_table, "
+      "Tensor w_out, Tensor b_out, Tensor steps, bool preserve_label, bool stop_when_flipped, "
+      "bool renormalize) -> (Tensor, Tensor, Tensor)");
+  // Distance-constrained selection (Bai et al., Algorithm 1).
+  m.def(
+      "select_within_distance(Tensor originals, Tensor candidates, Tensor losses, float eps, "
+      "Tensor? valid, bool squared) -> (Tensor, Tensor)");
+}

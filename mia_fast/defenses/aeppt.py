@@ -1,0 +1,175 @@
+"""AEPPT: adversarial-example based output perturbation (Xue et al., sec. 4.4, Algorithm 1, eq. 1-3).
+
+Each confidence vector f(x) becomes an adversarial prediction that pushes the defender's substitute
+MIM I' across its decision boundary: y^ = one-hot(argmax f(x)), Y = 1[I'(f(x), y^) >= 0.5], and for
+t < T:  f_adv <- clip(f_adv + U(0,1) * eps * sign(grad_f BCE(I'(f_adv, y^), Y)), 0, 1),
+with one uniform number per sample per iteration.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..models.substitute import FoldedMIM, SubstituteMIM
+from ..validation import check_probabilities
+
+Tensor = torch.Tensor
+
+#: Step sizes eps the paper settles on (sec. 5.4, Tables 3-4), with T = 100 iterations.
+PAPER_EPS = {"cifar100": 9e-4, "purchase100": 2e-5}
+
+
+@dataclass
+class AEPPTResult:
+    """Adversarial predictions and what the defense did to them.
+
+    Attributes:
+        adversarial: the defended confidence vectors [B, C].
+        score_before: I'(f(x), y^) on the original vectors [B].
+        score_after: I'(f_adv, y^) on the defended vectors [B].
+        l1: ||f_adv - f(x)||_1 per sample [B].
+        label_changed: argmax f_adv != argmax f(x) per sample [B].
+        decision_flipped: 1[I'(f_adv) >= 0.5] != 1[I'(f(x)) >= 0.5] per sample [B].
+    """
+
+    adversarial: Tensor
+    score_before: Tensor
+    score_after: Tensor
+    l1: Tensor
+    label_changed: Tensor
+    decision_flipped: Tensor
+
+    def summary(self) -> dict:
+        """Mean and max L1 distance, label flips, and the fraction of I' decisions flipped."""
+        n = self.l1.numel()
+        return {
+            "n": n,
+            "mean_l1": float(self.l1.mean()) if n else 0.0,
+            "max_l1": float(self.l1.max()) if n else 0.0,
+            "label_flips": int(self.label_changed.sum()),
+            "decision_flip_rate": float(self.decision_flipped.float().mean()) if n else 0.0,
+        }
+
+
+def _folded(mim: Union[SubstituteMIM, FoldedMIM], device: torch.device) -> FoldedMIM:
+    folded = mim.fold() if isinstance(mim, SubstituteMIM) else mim
+    if not isinstance(folded, FoldedMIM):
+        raise TypeError(f"mim must be a SubstituteMIM or FoldedMIM, got {type(mim).__name__}")
+    return folded.to(device)
+
+
+def draw_steps(iters: int, batch: int, eps: float, *, generator: Optional[torch.Generator] = None,
+               device: torch.device | str = "cpu") -> Tensor:
+    """eps * U(0, 1) of shape [iters, batch]: the random step sizes eps' of Algorithm 1, line 11.
+
+    Drawn on the generator's device (or ``device`` without one) and moved to ``device``, so a CPU
+    generator gives the same steps, and so the same results, on every device.
+    """
+    where = generator.device if generator is not None else torch.device(device)
+    u = torch.rand(iters, batch, generator=generator, device=where)
+    return (u * eps).to(device)
+
+
+def aeppt(probs: Tensor, mim: Union[SubstituteMIM, FoldedMIM], eps: float, iters: int = 100, *,
+          generator: Optional[torch.Generator] = None, preserve_label: bool = False,
+          stop_when_flipped: bool = False, renormalize: bool = False, chunk_size: int = 65536,
+          check_inputs: bool = True, allow_unnormalized: bool = False) -> AEPPTResult:
+    """Defend confidence vectors with AEPPT (Xue et al., Algorithm 1).
+
+    Args:
+        probs: the target model's confidence vectors f(x), float [B, C] on CPU or CUDA.
+        mim: the substitute membership-inference model I' (trained with `train_substitute`).
+        eps: step size; the paper uses 9e-4 for CIFAR-100 and 2e-5 for Purchase-100 (`PAPER_EPS`).
+        iters: T, the number of iterations (100 in the paper).
+        generator: a torch.Generator for the random steps; same seed, same output on any device.
+        preserve_label: reject a step that would change the argmax (accuracy can never change).
+        stop_when_flipped: stop a sample once I' has crossed 0.5 (smaller perturbations).
+        renormalize: divide each defended vector by its sum, so it is a distribution again.
+        chunk_size: samples per kernel call (memory stays bounded for any B); the steps are drawn per
+            chunk, so a seed reproduces results for the same chunk size.
+        check_inputs: validate ``probs`` (finite, in [0, 1], rows sum to 1); costs a host sync on CUDA.
+        allow_unnormalized: accept rows that do not sum to 1.
+
+    Returns:
+        An `AEPPTResult` with the defended vectors and per-sample statistics.
+
+    >>> torch.manual_seed(0) and None
+    >>> mim = SubstituteMIM(10)
+    >>> probs = torch.softmax(4 * torch.randn(8, 10), 1)
+    >>> res = aeppt(probs, mim, eps=1e-3, iters=100, generator=torch.Generator().manual_seed(1))
+    >>> res.adversarial.shape, bool((res.adversarial - probs).abs().max() <= 0.1 + 1e-6)
+    (torch.Size([8, 10]), True)
+    """
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if iters < 0:
+        raise ValueError(f"iters must be >= 0, got {iters}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    folded = _folded(mim, probs.device)
+    if check_inputs:
+        check_probabilities(probs, num_classes=folded.num_classes, allow_unnormalized=allow_unnormalized,
+                            name="probs")
+    x = probs.detach().to(torch.float32).contiguous()
+    outs = []
+    for start in range(0, x.shape[0], chunk_size):
+        part = x[start:start + chunk_size]
+        steps = draw_steps(iters, part.shape[0], eps, generator=generator, device=x.device)
+        outs.append(ops.aeppt(part, *folded.weights(), steps, preserve_label, stop_when_flipped, renormalize))
+    adv, before, after = (torch.cat(t) for t in zip(*outs)) if outs else (x.clone(), x[:, 0], x[:, 0])
+    return AEPPTResult(
+        adversarial=adv, score_before=before, score_after=after, l1=(adv - x).abs().sum(1),
+        label_changed=adv.argmax(1) != x.argmax(1), decision_flipped=(after >= 0.5) != (before >= 0.5))
+
+
+class AEPPTDefense(nn.Module):
+    """Post-processing layer that turns confidence vectors into AEPPT adversarial predictions.
+
+    Drop it behind a target model: ``nn.Sequential(target, nn.Softmax(1), AEPPTDefense(mim, eps=9e-4))``.
+    The substitute MIM is folded once at construction; ``.to(device)`` moves it.
+
+    Args:
+        mim: the substitute membership-inference model I'.
+        eps, iters, preserve_label, stop_when_flipped, renormalize: as in `aeppt`.
+        generator: optional torch.Generator for reproducible steps; without one, steps are drawn
+            from the global generator on the input's device (this also works under torch.compile).
+        check_inputs: validate inputs in eager mode (skipped while compiling).
+
+    >>> mim = SubstituteMIM(10)
+    >>> defense = AEPPTDefense(mim, eps=1e-3)
+    >>> defense(torch.softmax(torch.randn(3, 10), 1)).shape
+    torch.Size([3, 10])
+    """
+
+    def __init__(self, mim: Union[SubstituteMIM, FoldedMIM], *, eps: float, iters: int = 100,
+                 preserve_label: bool = False, stop_when_flipped: bool = False, renormalize: bool = False,
+                 generator: Optional[torch.Generator] = None, check_inputs: bool = True):
+        super().__init__()
+        if eps < 0 or iters < 0:
+            raise ValueError(f"eps and iters must be >= 0, got eps={eps}, iters={iters}")
+        self.folded = _folded(mim, torch.device("cpu"))
+        self.eps, self.iters = float(eps), int(iters)
+        self.preserve_label, self.stop_when_flipped, self.renormalize = preserve_label, stop_when_flipped, renormalize
+        self.generator = generator
+        self.check_inputs = check_inputs
+
+    def extra_repr(self) -> str:
+        return (f"classes={self.folded.num_classes}, eps={self.eps}, iters={self.iters}, "
+                f"preserve_label={self.preserve_label}, stop_when_flipped={self.stop_when_flipped}, "
+                f"renormalize={self.renormalize}")
+
+    def forward(self, probs: Tensor) -> Tensor:
+        if self.check_inputs and not torch.compiler.is_compiling():
+            check_probabilities(probs, num_classes=self.folded.num_classes, name="probs")
+        x = probs.detach().to(torch.float32).contiguous()
+        if self.generator is None:
+            steps = torch.rand(self.iters, x.shape[0], device=x.device) * self.eps
+        else:
+            steps = draw_steps(self.iters, x.shape[0], self.eps, generator=self.generator, device=x.device)
+        adv, _, _ = ops.aeppt(x, *self.folded.weights(), steps, self.preserve_label, self.stop_when_flipped,
+                              self.renormalize)
+        return adv.to(probs.dtype)

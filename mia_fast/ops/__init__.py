@@ -1,0 +1,86 @@
+"""Fused ops of mia-fast and their dispatch.
+
+The C++/CUDA extension ``mia_fast._C`` registers ``torch.ops.mia_fast.*``. When it is missing (a
+source checkout that was never built) every op runs through its plain-PyTorch reference in
+`mia_fast.ops.reference`, and a warning says so once.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional, Tuple
+
+import torch
+
+from . import reference
+
+Tensor = torch.Tensor
+
+try:
+    from mia_fast import _C  # noqa: F401  (loading it registers torch.ops.mia_fast)
+
+    HAS_EXTENSION = True
+except ImportError as _err:  # pragma: no cover - exercised only without a build
+    HAS_EXTENSION = False
+    _IMPORT_ERROR = _err
+
+_warned = False
+
+
+def _use_extension(device: torch.device) -> bool:
+    global _warned
+    if HAS_EXTENSION and (device.type == "cpu" or has_cuda_kernels()):
+        return True
+    if not _warned:
+        why = "the extension mia_fast._C is not built" if not HAS_EXTENSION else f"it has no {device.type} kernels"
+        warnings.warn(f"mia_fast: {why}; falling back to the plain-PyTorch reference (slow). "
+                      "Build it with: pip install --no-build-isolation -e .", RuntimeWarning, stacklevel=3)
+        _warned = True
+    return False
+
+
+def has_cuda_kernels() -> bool:
+    """True if the extension was built with its CUDA kernels."""
+    if not HAS_EXTENSION:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key("mia_fast::aeppt", "CUDA")
+
+
+def aeppt(probs: Tensor, w_pred: Tensor, b_pred: Tensor, w_hidden: Tensor, class_table: Tensor, w_out: Tensor,
+          b_out: Tensor, steps: Tensor, preserve_label: bool = False, stop_when_flipped: bool = False,
+          renormalize: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+    """The whole AEPPT loop in one op; see `reference.aeppt_reference` for the definition."""
+    args = (probs, w_pred, b_pred, w_hidden, class_table, w_out, b_out, steps,
+            preserve_label, stop_when_flipped, renormalize)
+    if _use_extension(probs.device):
+        return torch.ops.mia_fast.aeppt.default(*args)
+    return reference.aeppt_reference(*args)
+
+
+def select_within_distance(originals: Tensor, candidates: Tensor, losses: Tensor, eps: float,
+                           valid: Optional[Tensor] = None, squared: bool = False) -> Tuple[Tensor, Tensor]:
+    """Lowest-loss candidate within distance eps; see `reference.select_within_distance_reference`."""
+    if _use_extension(originals.device):
+        return torch.ops.mia_fast.select_within_distance.default(originals, candidates, losses, float(eps), valid,
+                                                                 squared)
+    return reference.select_within_distance_reference(originals, candidates, losses, eps, valid, squared)
+
+
+if HAS_EXTENSION:
+
+    @torch.library.register_fake("mia_fast::aeppt")
+    def _aeppt_fake(probs, w_pred, b_pred, w_hidden, class_table, w_out, b_out, steps, preserve_label,
+                    stop_when_flipped, renormalize):
+        torch._check(probs.dim() == 2, lambda: f"mia_fast::aeppt: probs must be 2-D, got {tuple(probs.shape)}")
+        torch._check(steps.dim() == 2 and steps.shape[1] == probs.shape[0],
+                     lambda: f"mia_fast::aeppt: steps must be [T, B={probs.shape[0]}], got {tuple(steps.shape)}")
+        batch = probs.shape[0]
+        return torch.empty_like(probs), probs.new_empty(batch), probs.new_empty(batch)
+
+    @torch.library.register_fake("mia_fast::select_within_distance")
+    def _select_fake(originals, candidates, losses, eps, valid, squared):
+        torch._check(candidates.dim() == 3, lambda: "mia_fast::select_within_distance: candidates must be 3-D")
+        n, k = candidates.shape[0], candidates.shape[1]
+        return originals.new_empty(n, dtype=torch.long), originals.new_empty(n, k)
+
+
+__all__ = ["aeppt", "select_within_distance", "has_cuda_kernels", "HAS_EXTENSION", "reference"]

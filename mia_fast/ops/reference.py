@@ -1,0 +1,97 @@
+"""Plain-PyTorch references that define the ops. The fused kernels are tested against these.
+
+`aeppt_loop` is Algorithm 1 of Xue et al. (AEPPT, sec. 4.4) written with autograd for any logit
+function; `aeppt_reference` applies it to the label-folded substitute MIM with the op's signature.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+def folded_logit(probs: Tensor, labels: Tensor, w_pred: Tensor, b_pred: Tensor, w_hidden: Tensor,
+                 class_table: Tensor, w_out: Tensor, b_out: Tensor) -> Tensor:
+    """Logit z of the substitute MIM with its label branch folded into ``class_table`` (aeppt-math.md)."""
+    h1 = torch.relu(probs @ w_pred.T + b_pred)
+    h2 = torch.relu(h1 @ w_hidden.T + class_table[labels])
+    return h2 @ w_out + b_out
+
+
+def aeppt_loop(probs: Tensor, logit_fn: Callable[[Tensor, Tensor], Tensor], steps: Tensor, *,
+               preserve_label: bool = False, stop_when_flipped: bool = False,
+               renormalize: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+    """Algorithm 1 of AEPPT with autograd, as a user would write it.
+
+    y^ = one-hot(argmax f(x)); Y = 1[I'(f(x), y^) >= 0.5]; for t < T:
+    f_adv <- clip(f_adv + steps[t] * sign(grad_f BCE(I'(f_adv, y^), Y)), 0, 1).
+
+    ``logit_fn(p, labels)`` returns the substitute MIM's logit z (I' = sigmoid(z)); ``steps`` [T, B] holds
+    eps * U(0, 1) per iteration and sample. Options beyond the paper (all off by default):
+    ``preserve_label`` rejects a sample's step when it would change its argmax; ``stop_when_flipped``
+    freezes a sample from the first iteration at which 1[I' >= 0.5] != Y; ``renormalize`` divides the
+    final vector by its sum (uniform if the sum is 0). Returns (f_adv, I'(f(x)), I'(f_adv)).
+    """
+    labels = probs.argmax(1)
+    with torch.no_grad():
+        score_in = torch.sigmoid(logit_fn(probs, labels))
+    target = (score_in >= 0.5).to(probs.dtype)
+    adv = probs.detach().clone()
+    active = torch.ones(probs.shape[0], dtype=torch.bool, device=probs.device)
+    for t in range(steps.shape[0]):
+        x = adv.detach().requires_grad_(True)
+        z = logit_fn(x, labels)
+        if stop_when_flipped:
+            active = active & ((torch.sigmoid(z.detach()) >= 0.5) == target.bool())
+        loss = F.binary_cross_entropy_with_logits(z, target, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
+        step = steps[t][:, None] * grad.sign()
+        if stop_when_flipped:
+            step = torch.where(active[:, None], step, torch.zeros_like(step))
+        new = (adv + step).clamp(0.0, 1.0)
+        if preserve_label:
+            new = torch.where((new.argmax(1) == labels)[:, None], new, adv)
+        adv = new.detach()
+    if renormalize:
+        total = adv.sum(1, keepdim=True)
+        adv = torch.where(total > 0, adv / total.clamp_min(torch.finfo(adv.dtype).tiny),
+                          torch.full_like(adv, 1.0 / adv.shape[1]))
+    with torch.no_grad():
+        score_out = torch.sigmoid(logit_fn(adv, labels))
+    return adv, score_in, score_out
+
+
+def aeppt_reference(probs: Tensor, w_pred: Tensor, b_pred: Tensor, w_hidden: Tensor, class_table: Tensor,
+                    w_out: Tensor, b_out: Tensor, steps: Tensor, preserve_label: bool = False,
+                    stop_when_flipped: bool = False, renormalize: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+    """Reference of ``mia_fast::aeppt`` (same arguments): `aeppt_loop` on the folded substitute MIM."""
+
+    def logit(p: Tensor, labels: Tensor) -> Tensor:
+        return folded_logit(p, labels, w_pred, b_pred, w_hidden, class_table, w_out, b_out)
+
+    return aeppt_loop(probs, logit, steps, preserve_label=preserve_label,
+                      stop_when_flipped=stop_when_flipped, renormalize=renormalize)
+
+
+def select_within_distance_reference(originals: Tensor, candidates: Tensor, losses: Tensor, eps: float,
+                                     valid: Optional[Tensor] = None, squared: bool = False) -> Tuple[Tensor, Tensor]:
+    """Reference of ``mia_fast::select_within_distance`` (Bai et al., Algorithm 1, per sample).
+
+    Candidate k of original n qualifies when valid[n, k], its loss is not NaN and its distance is within
+    eps (L2, or squared L2 with ``squared=True``; compared as squared values against eps^2 in float32).
+    Returns the index of the lowest-loss qualifying candidate (ties -> lowest index, -1 when none) and
+    all distances [N, K] (L2 or squared L2, by mode).
+    """
+    d2 = ((candidates - originals[:, None, :]) ** 2).sum(-1)
+    threshold = eps if squared else eps * eps
+    qualifies = (d2 <= threshold) & ~torch.isnan(losses)
+    if valid is not None:
+        qualifies = qualifies & valid
+    key = torch.where(qualifies, losses, torch.full_like(losses, float("inf")))
+    best = key.min(1, keepdim=True).values
+    hit = qualifies & (key == best)
+    index = torch.where(hit.any(1), hit.to(torch.int8).argmax(1), torch.full_like(best[:, 0], -1, dtype=torch.long))
+    return index, d2 if squared else d2.sqrt()

@@ -1,0 +1,30 @@
+"""Helpers for tests and benchmarks: the devices to test on, and random MIMs and inputs."""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+
+from .ops import has_cuda_kernels
+
+Tensor = torch.Tensor
+
+
+def devices() -> List[str]:
+    """'cpu', plus 'cuda' when a GPU and the CUDA kernels are there."""
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() and has_cuda_kernels() else [])
+
+
+def random_folded_weights(classes: int, generator: torch.Generator, *, hidden: int = 256,
+                          connection_hidden: int = 64) -> Tuple[Tensor, ...]:
+    """Weights of a random label-folded MIM, scaled like a default-initialised one."""
+    g = generator
+    return (torch.randn(hidden, classes, generator=g) / classes ** 0.5, torch.randn(hidden, generator=g) * 0.1,
+            torch.randn(connection_hidden, hidden, generator=g) / hidden ** 0.5,
+            torch.randn(classes, connection_hidden, generator=g) * 0.3,
+            torch.randn(connection_hidden, generator=g) / connection_hidden ** 0.5, torch.randn(1, generator=g) * 0.1)
+
+
+def random_probs(batch: int, classes: int, generator: torch.Generator, *, sharpness: float = 3.0) -> Tensor:
+    """Softmax vectors of random logits; larger ``sharpness`` gives more confident predictions."""
+    return torch.softmax(torch.randn(batch, classes, generator=generator) * sharpness, 1)

@@ -1,0 +1,4 @@
+"""Training loops."""
+from .substitute import train_substitute
+
+__all__ = ["train_substitute"]

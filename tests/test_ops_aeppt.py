@@ -1,0 +1,122 @@
+"""The fused AEPPT op (CPU, and CUDA when present) against its plain-PyTorch reference."""
+import pytest
+import torch
+
+from mia_fast import ops
+from mia_fast.models import SubstituteMIM
+from mia_fast.ops.reference import aeppt_loop, aeppt_reference
+from mia_fast.testing import devices, random_folded_weights, random_probs
+
+OPTION_SETS = [(False, False, False), (True, False, False), (False, True, False), (False, False, True),
+               (True, True, True)]
+
+
+def _case(classes, batch, iters, seed, eps=1e-3):
+    g = torch.Generator().manual_seed(seed)
+    weights = random_folded_weights(classes, g)
+    probs = random_probs(batch, classes, g)
+    steps = torch.rand(iters, batch, generator=g) * eps
+    return probs, weights, steps
+
+
+def _run(device, probs, weights, steps, options):
+    args = [t.to(device) for t in (probs, *weights, steps)]
+    return [t.cpu() for t in ops.aeppt(*args, *options)]
+
+
+def _fraction_close(a, b, tol=1e-5):
+    return float(((a - b).abs() <= tol).float().mean())
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("classes", [2, 10, 100, 1000])
+@pytest.mark.parametrize("batch", [1, 7, 4096])
+def test_one_iteration_matches_reference(device, classes, batch):
+    probs, weights, steps = _case(classes, batch, 1, seed=classes * 7919 + batch)
+    out = _run(device, probs, weights, steps, (False, False, False))
+    ref = aeppt_reference(probs, *weights, steps)
+    for got, want in zip(out, ref):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("classes,batch", [(2, 4096), (10, 4096), (100, 4096), (100, 7), (1000, 1), (1000, 7),
+                                           (1000, 256)])
+@pytest.mark.parametrize("options", OPTION_SETS)
+def test_hundred_iterations_match_reference(device, classes, batch, options):
+    probs, weights, steps = _case(classes, batch, 100, seed=classes + batch + 31 * sum(options))
+    adv, before, after = _run(device, probs, weights, steps, options)
+    ref_adv, ref_before, ref_after = aeppt_reference(probs, *weights, steps, *options)
+    # One early sign tie (a hidden unit at exactly 0 in one summation order) can change a path.
+    assert _fraction_close(adv, ref_adv) >= 0.995
+    torch.testing.assert_close(before, ref_before, atol=1e-5, rtol=0)
+    assert _fraction_close(after, ref_after, 1e-4) >= 0.99
+
+
+@pytest.mark.parametrize("device", devices())
+def test_zero_iterations_and_empty_batch(device):
+    probs, weights, steps = _case(10, 5, 0, seed=3)
+    adv, before, after = _run(device, probs, weights, steps, (False, False, False))
+    torch.testing.assert_close(adv, probs)
+    torch.testing.assert_close(before, after)
+    probs, weights, steps = _case(10, 0, 4, seed=4)
+    adv, before, after = _run(device, probs, weights, steps, (False, False, False))
+    assert adv.shape == (0, 10) and before.shape == (0,)
+
+
+def test_folded_reference_is_algorithm_1_on_the_unfolded_model():
+    torch.manual_seed(0)
+    mim = SubstituteMIM(12).requires_grad_(False)
+    g = torch.Generator().manual_seed(5)
+    probs = random_probs(300, 12, g)
+    steps = torch.rand(50, 300, generator=g) * 2e-3
+    literal = aeppt_loop(probs, mim.logit, steps)
+    fused = ops.aeppt(probs, *mim.fold().weights(), steps)
+    assert _fraction_close(literal[0], fused[0]) >= 0.995
+    torch.testing.assert_close(literal[1], fused[1], atol=1e-5, rtol=0)
+
+
+def test_steps_push_the_substitute_across_its_decision():
+    """Eq. 3: members (Y = 1) are pushed down, non-members (Y = 0) up."""
+    probs, weights, steps = _case(10, 2000, 100, seed=11, eps=5e-3)
+    adv, before, after = ops.aeppt(probs, *weights, steps)
+    member = before >= 0.5
+    assert member.any() and (~member).any()
+    assert float((after[member] < before[member]).float().mean()) > 0.95
+    assert float((after[~member] > before[~member]).float().mean()) > 0.95
+    # Each component moves at most the sum of that sample's steps, and stays within [0, 1].
+    assert bool(((adv - probs).abs() <= steps.sum(0)[:, None] + 1e-6).all())
+    assert bool(((adv >= 0) & (adv <= 1)).all())
+
+
+def test_options_do_what_they_say():
+    probs, weights, steps = _case(10, 2000, 100, seed=12, eps=2e-2)
+    plain = ops.aeppt(probs, *weights, steps)
+    assert bool((plain[0].argmax(1) != probs.argmax(1)).any()), "large steps should flip some labels"
+    kept = ops.aeppt(probs, *weights, steps, True, False, False)
+    assert torch.equal(kept[0].argmax(1), probs.argmax(1))
+    stopped = ops.aeppt(probs, *weights, steps, False, True, False)
+    l1 = lambda out: (out[0] - probs).abs().sum(1).mean()  # noqa: E731
+    assert l1(stopped) < l1(plain)
+    renorm = ops.aeppt(probs, *weights, steps, False, False, True)
+    torch.testing.assert_close(renorm[0].sum(1), torch.ones(2000), atol=1e-5, rtol=0)
+
+
+def test_op_schema_and_fake_kernel():
+    if not ops.HAS_EXTENSION:
+        pytest.skip("extension not built")
+    probs, weights, steps = _case(10, 9, 3, seed=13)
+    torch.library.opcheck(torch.ops.mia_fast.aeppt.default, (probs, *weights, steps, False, False, False),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_bad_arguments_name_the_argument():
+    if not ops.HAS_EXTENSION:
+        pytest.skip("extension not built")
+    probs, weights, steps = _case(10, 9, 3, seed=14)
+    with pytest.raises(RuntimeError, match="steps must be \\[T, B=9\\]"):
+        torch.ops.mia_fast.aeppt(probs, *weights, steps[:, :4].contiguous(), False, False, False)
+    with pytest.raises(RuntimeError, match="probs must be float32"):
+        torch.ops.mia_fast.aeppt(probs.double(), *weights, steps, False, False, False)
+    with pytest.raises(RuntimeError, match="w_pred must be \\[H1, C=10\\]"):
+        torch.ops.mia_fast.aeppt(probs, weights[0][:, :5].contiguous(), *weights[1:], steps, False, False, False)
