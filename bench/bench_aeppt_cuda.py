@@ -121,6 +121,8 @@ def bench_aeppt(batches, compile_variants):
                 fn = variants[name]
                 if fn == "graph":
                     fn, out = graphed(base)
+                    fn()  # capture records kernels without running them
+                    torch.cuda.synchronize()
                     check = out
                 elif fn == "compile":
                     if not compile_variants:

@@ -11,4 +11,4 @@ python3 -m pytest -q -x tests/test_ops_cuda.py tests/test_ops_aeppt.py tests/tes
 if [ "${SANITIZE:-0}" = 1 ]; then
   compute-sanitizer --tool memcheck python3 -m pytest -q -x tests/test_ops_cuda.py -k "equals_cpu and 100-4097 or selection" 2>&1 | tail -15 | tee "$OUT/sanitizer.log"
 fi
-python3 bench/bench_aeppt_cuda.py ${BENCH_ARGS:-} --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -40
+PYTHONPATH=$PWD python3 bench/bench_aeppt_cuda.py ${BENCH_ARGS:-} --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -40

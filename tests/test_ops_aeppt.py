@@ -4,7 +4,7 @@ import torch
 
 from mia_fast import ops
 from mia_fast.models import SubstituteMIM
-from mia_fast.ops.reference import aeppt_loop, aeppt_reference
+from mia_fast.ops.reference import aeppt_loop, aeppt_reference, folded_logit
 from mia_fast.testing import devices, random_folded_weights, random_probs
 
 OPTION_SETS = [(False, False, False), (True, False, False), (False, True, False), (False, False, True),
@@ -28,15 +28,33 @@ def _fraction_close(a, b, tol=1e-5):
     return float(((a - b).abs() <= tol).float().mean())
 
 
+def _sign_ties(probs, weights, rel=1e-4):
+    """Elements whose first-step sign float32 rounding may decide: the float64 input gradient is
+    within rel of 0 (relative to its row), or the row has a ReLU pre-activation within rel of 0."""
+    w = [t.double() for t in weights]
+    p = probs.double().requires_grad_(True)
+    labels = probs.argmax(1)
+    folded_logit(p, labels, *w).sum().backward()
+    grad = p.grad.abs()
+    a1 = p.detach() @ w[0].T + w[1]
+    a2 = torch.relu(a1) @ w[2].T + w[3][labels]
+    near = lambda a: (a.abs() <= rel * a.abs().amax(1, keepdim=True)).any(1, keepdim=True)  # noqa: E731
+    return (grad <= rel * grad.amax(1, keepdim=True)) | near(a1) | near(a2)
+
+
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("classes", [2, 10, 100, 1000])
 @pytest.mark.parametrize("batch", [1, 7, 4096])
 def test_one_iteration_matches_reference(device, classes, batch):
     probs, weights, steps = _case(classes, batch, 1, seed=classes * 7919 + batch)
-    out = _run(device, probs, weights, steps, (False, False, False))
-    ref = aeppt_reference(probs, *weights, steps)
-    for got, want in zip(out, ref):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    adv, before, after = _run(device, probs, weights, steps, (False, False, False))
+    ref_adv, ref_before, ref_after = aeppt_reference(probs, *weights, steps)
+    # Within 1e-5 everywhere, except where the gradient sign is a tie that summation order decides.
+    mismatch = (adv - ref_adv).abs() > 1e-5
+    assert not bool((mismatch & ~_sign_ties(probs, weights)).any())
+    assert float(mismatch.float().mean()) <= 1e-5
+    torch.testing.assert_close(before, ref_before, atol=1e-5, rtol=0)
+    torch.testing.assert_close(after, ref_after, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("device", devices())

@@ -24,9 +24,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> aeppt_cuda(const at::Tensor& prob
   auto score_out = at::empty({s.batch}, probs.options());
   if (s.batch == 0) return {adv, score_in, score_out};
   const auto& prop = *at::cuda::getCurrentDeviceProperties();
-  const int tile = aeppt_pick_tile(s.batch, int(s.classes), int(s.hidden1), int(s.hidden2), prop.sharedMemPerBlockOptin,
-                                   prop.multiProcessorCount);
-  TORCH_CHECK(tile > 0, "mia_fast::aeppt (CUDA): C=", s.classes, ", H1=", s.hidden1, ", H2=", s.hidden2,
+  const AepptPlan plan = aeppt_plan(s.batch, int(s.classes), int(s.hidden1), int(s.hidden2),
+                                    prop.sharedMemPerBlockOptin, prop.multiProcessorCount);
+  TORCH_CHECK(plan.tile > 0, "mia_fast::aeppt (CUDA): C=", s.classes, ", H1=", s.hidden1, ", H2=", s.hidden2,
               " need more shared memory per block than this GPU has (", prop.sharedMemPerBlockOptin, " bytes)");
   // Transposed copies for coalesced reads in each phase (small: O(C * H1 + H1 * H2)).
   const auto wp_t = w_pred.t().contiguous();
@@ -36,7 +36,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> aeppt_cuda(const at::Tensor& prob
                   b_out.data_ptr<float>(), int(s.classes), int(s.hidden1), int(s.hidden2)};
   AepptArgs a{probs.data_ptr<float>(), steps.data_ptr<float>(), adv.data_ptr<float>(), score_in.data_ptr<float>(),
               score_out.data_ptr<float>(), s.batch, int(s.iters), preserve_label, stop_when_flipped, renormalize};
-  const cudaError_t err = launch_aeppt(w, a, tile, at::cuda::getCurrentCUDAStream());
+  const cudaError_t err = launch_aeppt(w, a, plan, at::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "mia_fast::aeppt (CUDA): launch failed: ", cudaGetErrorString(err));
   return {adv, score_in, score_out};
 }

@@ -17,7 +17,8 @@ struct TileSmem {
   float* p;       // [C][TB]  current vectors, transposed
   float* h1;      // [H1][TB] relu(a1)
   float* a2;      // [H2][TB] a2, then 1[a2>0] * w3
-  float* g1;      // [H1][TB] 1[a1>0] * W_a^T(1[a2>0] * w3)
+  float* g1;      // [H1][TB] 1[a1>0] * W_a^T(1[a2>0] * w3); aliases h1 (each unit's thread overwrites
+                  // its own h1 entries after reading them, and nothing else reads h1 then)
   signed char* dsign;  // [C][TB] sign(W_p^T g1)
   float* step;    // [TB] signed step of this iteration (0: no update)
   int* label;     // [TB]
@@ -27,18 +28,31 @@ struct TileSmem {
 
 __host__ __device__ inline size_t align16(size_t n) { return (n + 15) / 16 * 16; }
 
-__host__ __device__ inline size_t smem_layout(int tb, int c, int h1, int h2, TileSmem* s, char* base) {
+// Row stride of the weight copies in shared memory: one float of padding makes both the row-wise and
+// the column-wise reads of a warp conflict-free.
+__host__ __device__ inline int smem_ld(int h1) { return h1 + 1; }
+
+// Layout of the dynamic shared memory; with `weights`, one copy of W_p^T [C][H1+1] and W_a [H2][H1+1]
+// follows the tile state. Returns the bytes used.
+__host__ __device__ inline size_t smem_layout(int tb, int c, int h1, int h2, bool weights, TileSmem* s, char* base,
+                                              float** wp_t = nullptr, float** wa = nullptr) {
   size_t off = 0;
   auto take = [&](size_t bytes) { char* p = base + off; off += align16(bytes); return p; };
   char* p = take(sizeof(float) * c * tb);
   char* hh = take(sizeof(float) * h1 * tb);
   char* a2 = take(sizeof(float) * h2 * tb);
-  char* g1 = take(sizeof(float) * h1 * tb);
+  char* g1 = hh;
   char* ds = take(c * tb);
   char* st = take(sizeof(float) * tb);
   char* lb = take(sizeof(int) * tb);
   char* tg = take(sizeof(float) * tb);
   char* ac = take(sizeof(int) * tb);
+  if (weights) {
+    char* w1 = take(sizeof(float) * c * smem_ld(h1));
+    char* w2 = take(sizeof(float) * h2 * smem_ld(h1));
+    if (wp_t != nullptr) *wp_t = (float*)w1;
+    if (wa != nullptr) *wa = (float*)w2;
+  }
   if (s != nullptr) {
     *s = TileSmem{(float*)p, (float*)hh, (float*)a2, (float*)g1, (signed char*)ds, (float*)st, (int*)lb, (float*)tg,
                   (int*)ac};
@@ -46,20 +60,34 @@ __host__ __device__ inline size_t smem_layout(int tb, int c, int h1, int h2, Til
   return off;
 }
 
+// A weight matrix as a phase reads it: element (k, n) at ptr[k * sk + n * sn].
+struct View {
+  const float* __restrict__ ptr;
+  int sk, sn;
+  __device__ float operator()(int k, int n) const { return ptr[k * sk + n * sn]; }
+};
+
+// The four views of the two weight matrices, in global memory or in the block's shared copies.
+struct Views {
+  View layer1;   // (j, i) -> W_p[i][j]
+  View layer2;   // (i, o) -> W_a[o][i]
+  View back2;    // (o, i) -> W_a[o][i]
+  View back1;    // (i, j) -> W_p[i][j]
+};
+
 __device__ inline float sigmoidf(float z) { return 1.f / (1.f + expf(-z)); }
 
 // Layer 1 for the tile: h1[i][s] = relu(b_p[i] + sum_j W_p[i][j] p[s][j]); one hidden unit per thread.
 template <int TB>
-__device__ void forward_layer1(const FoldedWeights& w, const TileSmem& s) {
+__device__ void forward_layer1(const FoldedWeights& w, const View W, const TileSmem& s) {
   for (int i = threadIdx.x; i < w.hidden1; i += kThreads) {
     float acc[TB];
     const float b = w.bp[i];
 #pragma unroll
     for (int q = 0; q < TB; ++q) acc[q] = b;
-    const float* col = w.wp_t + i;
 #pragma unroll 4
     for (int j = 0; j < w.classes; ++j) {
-      const float wij = __ldg(col + (size_t)j * w.hidden1);
+      const float wij = W(j, i);
       const float4* pj = reinterpret_cast<const float4*>(s.p + j * TB);
 #pragma unroll
       for (int q4 = 0; q4 < TB / 4; ++q4) {
@@ -77,17 +105,16 @@ __device__ void forward_layer1(const FoldedWeights& w, const TileSmem& s) {
 
 // Layer 2: a2[o][s] = c[label s][o] + sum_i W_a[o][i] h1[i][s]; work items (o, group of 8 samples).
 template <int TB>
-__device__ void forward_layer2(const FoldedWeights& w, const TileSmem& s) {
+__device__ void forward_layer2(const FoldedWeights& w, const View W, const TileSmem& s) {
   const int items = w.hidden2 * (TB / kGroup);
   for (int item = threadIdx.x; item < items; item += kThreads) {
     const int o = item % w.hidden2, s0 = (item / w.hidden2) * kGroup;
     float acc[kGroup];
 #pragma unroll
     for (int q = 0; q < kGroup; ++q) acc[q] = __ldg(w.table + (size_t)s.label[s0 + q] * w.hidden2 + o);
-    const float* col = w.wa_t + o;
 #pragma unroll 4
     for (int i = 0; i < w.hidden1; ++i) {
-      const float wio = __ldg(col + (size_t)i * w.hidden2);
+      const float wio = W(i, o);
       const float4* h = reinterpret_cast<const float4*>(s.h1 + i * TB + s0);
       const float4 u = h[0], v = h[1];
       acc[0] = fmaf(u.x, wio, acc[0]);
@@ -118,15 +145,14 @@ __device__ float warp_logit(const FoldedWeights& w, const TileSmem& s, int q, in
 
 // Backward to hidden 1: g1[i][s] = 1[h1>0] * sum_o W_a[o][i] g2[o][s]; one hidden unit per thread.
 template <int TB>
-__device__ void backward_layer2(const FoldedWeights& w, const TileSmem& s) {
+__device__ void backward_layer2(const FoldedWeights& w, const View W, const TileSmem& s) {
   for (int i = threadIdx.x; i < w.hidden1; i += kThreads) {
     float acc[TB];
 #pragma unroll
     for (int q = 0; q < TB; ++q) acc[q] = 0.f;
-    const float* col = w.wa + i;
 #pragma unroll 4
     for (int o = 0; o < w.hidden2; ++o) {
-      const float woi = __ldg(col + (size_t)o * w.hidden1);
+      const float woi = W(o, i);
       const float4* g = reinterpret_cast<const float4*>(s.a2 + o * TB);
 #pragma unroll
       for (int q4 = 0; q4 < TB / 4; ++q4) {
@@ -144,17 +170,16 @@ __device__ void backward_layer2(const FoldedWeights& w, const TileSmem& s) {
 
 // Backward to the input: dsign[j][s] = sign(sum_i W_p[i][j] g1[i][s]); work items (j, 8 samples).
 template <int TB>
-__device__ void backward_layer1(const FoldedWeights& w, const TileSmem& s) {
+__device__ void backward_layer1(const FoldedWeights& w, const View W, const TileSmem& s) {
   const int items = w.classes * (TB / kGroup);
   for (int item = threadIdx.x; item < items; item += kThreads) {
     const int j = item % w.classes, s0 = (item / w.classes) * kGroup;
     float acc[kGroup];
 #pragma unroll
     for (int q = 0; q < kGroup; ++q) acc[q] = 0.f;
-    const float* col = w.wp + j;
 #pragma unroll 4
     for (int i = 0; i < w.hidden1; ++i) {
-      const float wij = __ldg(col + (size_t)i * w.classes);
+      const float wij = W(i, j);
       const float4* g = reinterpret_cast<const float4*>(s.g1 + i * TB + s0);
       const float4 u = g[0], v = g[1];
       acc[0] = fmaf(u.x, wij, acc[0]);
@@ -188,11 +213,24 @@ __device__ int warp_argmax_after_step(const TileSmem& s, int classes, int q, flo
   return best_j;
 }
 
-template <int TB>
+template <int TB, bool kSmemWeights>
 __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptArgs a) {
   extern __shared__ __align__(16) char smem_raw[];
   TileSmem s;
-  smem_layout(TB, w.classes, w.hidden1, w.hidden2, &s, smem_raw);
+  float *wp_s = nullptr, *wa_s = nullptr;
+  smem_layout(TB, w.classes, w.hidden1, w.hidden2, kSmemWeights, &s, smem_raw, &wp_s, &wa_s);
+  Views v;
+  if (kSmemWeights) {
+    const int ld = smem_ld(w.hidden1);
+    for (int idx = threadIdx.x; idx < w.classes * w.hidden1; idx += kThreads)
+      wp_s[(idx / w.hidden1) * ld + idx % w.hidden1] = w.wp_t[idx];
+    for (int idx = threadIdx.x; idx < w.hidden2 * w.hidden1; idx += kThreads)
+      wa_s[(idx / w.hidden1) * ld + idx % w.hidden1] = w.wa[idx];
+    v = Views{View{wp_s, ld, 1}, View{wa_s, 1, ld}, View{wa_s, ld, 1}, View{wp_s, 1, ld}};
+  } else {
+    v = Views{View{w.wp_t, w.hidden1, 1}, View{w.wa_t, w.hidden2, 1}, View{w.wa, w.hidden1, 1},
+              View{w.wp, w.classes, 1}};
+  }
   const int64_t b0 = (int64_t)blockIdx.x * TB;
   const int nvalid = (int)min((int64_t)TB, a.batch - b0);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -225,9 +263,9 @@ __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptA
 
   const int passes = a.iters > 0 ? a.iters : 1;
   for (int t = 0; t < passes; ++t) {
-    forward_layer1<TB>(w, s);
+    forward_layer1<TB>(w, v.layer1, s);
     __syncthreads();
-    forward_layer2<TB>(w, s);
+    forward_layer2<TB>(w, v.layer2, s);
     __syncthreads();
     for (int q = warp; q < TB; q += kWarps) {
       const float sig = sigmoidf(warp_logit<TB>(w, s, q, lane));
@@ -252,9 +290,9 @@ __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptA
     }
     __syncthreads();
     if (t >= a.iters) break;
-    backward_layer2<TB>(w, s);
+    backward_layer2<TB>(w, v.back2, s);
     __syncthreads();
-    backward_layer1<TB>(w, s);
+    backward_layer1<TB>(w, v.back1, s);
     __syncthreads();
     for (int q = warp; q < TB; q += kWarps) {
       const float step = s.step[q];
@@ -288,9 +326,9 @@ __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptA
     }
   }
   __syncthreads();
-  forward_layer1<TB>(w, s);
+  forward_layer1<TB>(w, v.layer1, s);
   __syncthreads();
-  forward_layer2<TB>(w, s);
+  forward_layer2<TB>(w, v.layer2, s);
   __syncthreads();
   for (int q = warp; q < nvalid; q += kWarps) {
     const float sig = sigmoidf(warp_logit<TB>(w, s, q, lane));
@@ -352,37 +390,44 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectArgs a) {
 
 }  // namespace
 
-size_t aeppt_smem_bytes(int tile, int classes, int hidden1, int hidden2) {
-  return smem_layout(tile, classes, hidden1, hidden2, nullptr, nullptr);
+size_t aeppt_smem_bytes(int tile, int classes, int hidden1, int hidden2, bool weights) {
+  return smem_layout(tile, classes, hidden1, hidden2, weights, nullptr, nullptr);
 }
 
-int aeppt_pick_tile(int64_t batch, int classes, int hidden1, int hidden2, size_t smem_limit, int multiprocessors) {
-  // Prefer 32-sample tiles (more reuse of each weight load) unless that leaves SMs idle.
-  const int order_big[3] = {32, 16, 8};
-  for (int tb : order_big) {
-    if (aeppt_smem_bytes(tb, classes, hidden1, hidden2) > smem_limit) continue;
-    if (tb > 8 && (batch + tb - 1) / tb < multiprocessors) continue;
-    return tb;
+AepptPlan aeppt_plan(int64_t batch, int classes, int hidden1, int hidden2, size_t smem_limit, int multiprocessors) {
+  // Weights in shared memory first (no L2 traffic in the loop); 32-sample tiles reuse each weight
+  // read most, unless that leaves SMs idle at this batch size.
+  for (bool weights : {true, false}) {
+    for (int tb : {32, 16, 8}) {
+      if (aeppt_smem_bytes(tb, classes, hidden1, hidden2, weights) > smem_limit) continue;
+      if (tb > 8 && (batch + tb - 1) / tb < multiprocessors / 2) continue;
+      return AepptPlan{tb, weights};
+    }
+    if (aeppt_smem_bytes(8, classes, hidden1, hidden2, weights) <= smem_limit) return AepptPlan{8, weights};
   }
-  return aeppt_smem_bytes(8, classes, hidden1, hidden2) <= smem_limit ? 8 : 0;
+  return AepptPlan{0, false};
 }
 
-template <int TB>
+template <int TB, bool kSmemWeights>
 static cudaError_t launch_tile(const FoldedWeights& w, const AepptArgs& a, cudaStream_t stream) {
-  const size_t smem = aeppt_smem_bytes(TB, w.classes, w.hidden1, w.hidden2);
-  cudaError_t err = cudaFuncSetAttribute(aeppt_kernel<TB>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  const size_t smem = aeppt_smem_bytes(TB, w.classes, w.hidden1, w.hidden2, kSmemWeights);
+  auto* kernel = aeppt_kernel<TB, kSmemWeights>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   if (err != cudaSuccess) return err;
   const unsigned blocks = (unsigned)((a.batch + TB - 1) / TB);
-  aeppt_kernel<TB><<<blocks, kThreads, smem, stream>>>(w, a);
+  kernel<<<blocks, kThreads, smem, stream>>>(w, a);
   return cudaGetLastError();
 }
 
-cudaError_t launch_aeppt(const FoldedWeights& w, const AepptArgs& a, int tile, cudaStream_t stream) {
+cudaError_t launch_aeppt(const FoldedWeights& w, const AepptArgs& a, AepptPlan plan, cudaStream_t stream) {
   if (a.batch == 0) return cudaSuccess;
-  switch (tile) {
-    case 32: return launch_tile<32>(w, a, stream);
-    case 16: return launch_tile<16>(w, a, stream);
-    case 8: return launch_tile<8>(w, a, stream);
+  switch (plan.tile * 2 + (plan.weights_in_smem ? 1 : 0)) {
+    case 65: return launch_tile<32, true>(w, a, stream);
+    case 64: return launch_tile<32, false>(w, a, stream);
+    case 33: return launch_tile<16, true>(w, a, stream);
+    case 32: return launch_tile<16, false>(w, a, stream);
+    case 17: return launch_tile<8, true>(w, a, stream);
+    case 16: return launch_tile<8, false>(w, a, stream);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -31,11 +31,15 @@ struct AepptArgs {
   bool preserve_label, stop_when_flipped, renormalize;
 };
 
-// Shared memory one block needs for a tile of `tile` samples (bytes).
-size_t aeppt_smem_bytes(int tile, int classes, int hidden1, int hidden2);
-// Largest tile (32, 16 or 8) whose shared memory fits `smem_limit`; 0 if none does.
-int aeppt_pick_tile(int64_t batch, int classes, int hidden1, int hidden2, size_t smem_limit, int multiprocessors);
-cudaError_t launch_aeppt(const FoldedWeights& w, const AepptArgs& a, int tile, cudaStream_t stream);
+// How a launch is laid out: samples per block, and whether the weights are copied to shared memory.
+struct AepptPlan {
+  int tile;  // 32, 16 or 8; 0 when nothing fits
+  bool weights_in_smem;
+};
+// Shared memory one block needs (bytes).
+size_t aeppt_smem_bytes(int tile, int classes, int hidden1, int hidden2, bool weights);
+AepptPlan aeppt_plan(int64_t batch, int classes, int hidden1, int hidden2, size_t smem_limit, int multiprocessors);
+cudaError_t launch_aeppt(const FoldedWeights& w, const AepptArgs& a, AepptPlan plan, cudaStream_t stream);
 
 struct SelectArgs {
   const float* originals;   // [N][D]
