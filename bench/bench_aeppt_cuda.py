@@ -1,11 +1,12 @@
 """AEPPT on a GPU: the fused CUDA op against the ways plain PyTorch can run the same loop.
 
-    python bench/bench_aeppt_cuda.py [--batches 256 4096 65536] [--no-compile] [--json out.json]
+    python bench/bench_aeppt_cuda.py [--batches 256 4096 65536] [--compile-batches 4096] [--json out.json]
 
 Variants (fp32, TF32 off, T = 100, C = 100, eps = 9e-4, default-initialised substitute MIM):
   eager-autograd      Algorithm 1 with autograd on the unfolded MIM, as a user would write it
   graph-autograd      that loop captured whole in one CUDA graph and replayed
-  compile-autograd    torch.compile(mode="reduce-overhead") of that loop
+  compile-autograd    torch.compile(mode="reduce-overhead") of that loop (B in --compile-batches only:
+                      each compile of the unrolled 100-iteration loop takes tens of seconds)
   graph-folded        label-folded math with a hand-written backward (no autograd), one CUDA graph
   compile-folded      the same under torch.compile(mode="reduce-overhead")
   fused               mia_fast.ops.aeppt (one kernel launch)
@@ -91,7 +92,7 @@ def copy_gbps():
     return 2 * x.numel() / ms / 1e6
 
 
-def bench_aeppt(batches, compile_variants):
+def bench_aeppt(batches, compile_batches):
     torch.manual_seed(0)
     mim = SubstituteMIM(C).requires_grad_(False).cuda()
     weights = mim.fold().weights()
@@ -125,7 +126,7 @@ def bench_aeppt(batches, compile_variants):
                     torch.cuda.synchronize()
                     check = out
                 elif fn == "compile":
-                    if not compile_variants:
+                    if batch not in compile_batches:
                         continue
                     started = time.perf_counter()
                     compiled = torch.compile(base, mode="reduce-overhead")
@@ -173,13 +174,13 @@ def bench_select():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[256, 4096, 65536])
-    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--compile-batches", type=int, nargs="*", default=[4096])
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-              "date": time.strftime("%Y-%m-%d"), "aeppt": bench_aeppt(args.batches, not args.no_compile),
+              "date": time.strftime("%Y-%m-%d"), "aeppt": bench_aeppt(args.batches, set(args.compile_batches)),
               "select": bench_select()}
     print(f"\n{result['device']}, torch {result['torch']}, CUDA {result['cuda']}; SGEMM "
           f"{result['aeppt']['sgemm_tflops']:.1f} TFLOP/s; copy {result['select']['copy_GBps']:.0f} GB/s")

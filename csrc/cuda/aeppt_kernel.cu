@@ -77,58 +77,75 @@ struct Views {
 
 __device__ inline float sigmoidf(float z) { return 1.f / (1.f + expf(-z)); }
 
-// Layer 1 for the tile: h1[i][s] = relu(b_p[i] + sum_j W_p[i][j] p[s][j]); one hidden unit per thread.
-template <int TB>
-__device__ void forward_layer1(const FoldedWeights& w, const View W, const TileSmem& s) {
-  for (int i = threadIdx.x; i < w.hidden1; i += kThreads) {
-    float acc[TB];
-    const float b = w.bp[i];
+// out[n][s] = init(n, s) + sum_k W(k, n) * A[k][s] for n < n_out and the TB samples of the tile, A in
+// shared memory as [K][TB]. A warp owns 32 * RU outputs (lane + 32 r) of one group of 8 samples: per k
+// it reads RU conflict-free weights and the 8 samples as two broadcast 16-byte loads, for 8 * RU FMAs.
+// Each output is summed as init, then k = 0, 1, ... with FMA: the same order as the CPU kernel.
+template <int TB, int RU, class Init, class Epilogue>
+__device__ void tile_gemm(int n_out, int n_k, const View W, const float* A, Init init, Epilogue epilogue) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int columns = (n_out + 32 * RU - 1) / (32 * RU);
+  const int items = columns * (TB / kGroup);
+  for (int item = warp; item < items; item += kWarps) {
+    const int n0 = (item % columns) * 32 * RU + lane, s0 = (item / columns) * kGroup;
+    float acc[RU][kGroup];
 #pragma unroll
-    for (int q = 0; q < TB; ++q) acc[q] = b;
-#pragma unroll 4
-    for (int j = 0; j < w.classes; ++j) {
-      const float wij = W(j, i);
-      const float4* pj = reinterpret_cast<const float4*>(s.p + j * TB);
+    for (int r = 0; r < RU; ++r)
 #pragma unroll
-      for (int q4 = 0; q4 < TB / 4; ++q4) {
-        const float4 v = pj[q4];
-        acc[4 * q4 + 0] = fmaf(v.x, wij, acc[4 * q4 + 0]);
-        acc[4 * q4 + 1] = fmaf(v.y, wij, acc[4 * q4 + 1]);
-        acc[4 * q4 + 2] = fmaf(v.z, wij, acc[4 * q4 + 2]);
-        acc[4 * q4 + 3] = fmaf(v.w, wij, acc[4 * q4 + 3]);
-      }
+      for (int q = 0; q < kGroup; ++q) acc[r][q] = n0 + 32 * r < n_out ? init(n0 + 32 * r, s0 + q) : 0.f;
+#pragma unroll 2
+    for (int k = 0; k < n_k; ++k) {
+      float w[RU];
+#pragma unroll
+      for (int r = 0; r < RU; ++r) w[r] = n0 + 32 * r < n_out ? W(k, n0 + 32 * r) : 0.f;
+      const float4* a = reinterpret_cast<const float4*>(A + k * TB + s0);
+      const float4 u = a[0], v = a[1];
+      const float x[kGroup] = {u.x, u.y, u.z, u.w, v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int r = 0; r < RU; ++r)
+#pragma unroll
+        for (int q = 0; q < kGroup; ++q) acc[r][q] = fmaf(x[q], w[r], acc[r][q]);
     }
 #pragma unroll
-    for (int q = 0; q < TB; ++q) s.h1[i * TB + q] = acc[q] > 0.f ? acc[q] : 0.f;
+    for (int r = 0; r < RU; ++r)
+      if (n0 + 32 * r < n_out)
+#pragma unroll
+        for (int q = 0; q < kGroup; ++q) epilogue(n0 + 32 * r, s0 + q, acc[r][q]);
   }
 }
 
-// Layer 2: a2[o][s] = c[label s][o] + sum_i W_a[o][i] h1[i][s]; work items (o, group of 8 samples).
+// Wide outputs (H1 units) take TB / 8 outputs per thread, so a 256-unit layer keeps all 8 warps busy.
+
+// h1[i][s] = relu(b_p[i] + sum_j W_p[i][j] p[s][j])
+template <int TB>
+__device__ void forward_layer1(const FoldedWeights& w, const View W, const TileSmem& s) {
+  tile_gemm<TB, TB / kGroup>(
+      w.hidden1, w.classes, W, s.p, [&](int i, int) { return w.bp[i]; },
+      [&](int i, int q, float a) { s.h1[i * TB + q] = a > 0.f ? a : 0.f; });
+}
+
+// a2[o][s] = c[label s][o] + sum_i W_a[o][i] h1[i][s]
 template <int TB>
 __device__ void forward_layer2(const FoldedWeights& w, const View W, const TileSmem& s) {
-  const int items = w.hidden2 * (TB / kGroup);
-  for (int item = threadIdx.x; item < items; item += kThreads) {
-    const int o = item % w.hidden2, s0 = (item / w.hidden2) * kGroup;
-    float acc[kGroup];
-#pragma unroll
-    for (int q = 0; q < kGroup; ++q) acc[q] = __ldg(w.table + (size_t)s.label[s0 + q] * w.hidden2 + o);
-#pragma unroll 4
-    for (int i = 0; i < w.hidden1; ++i) {
-      const float wio = W(i, o);
-      const float4* h = reinterpret_cast<const float4*>(s.h1 + i * TB + s0);
-      const float4 u = h[0], v = h[1];
-      acc[0] = fmaf(u.x, wio, acc[0]);
-      acc[1] = fmaf(u.y, wio, acc[1]);
-      acc[2] = fmaf(u.z, wio, acc[2]);
-      acc[3] = fmaf(u.w, wio, acc[3]);
-      acc[4] = fmaf(v.x, wio, acc[4]);
-      acc[5] = fmaf(v.y, wio, acc[5]);
-      acc[6] = fmaf(v.z, wio, acc[6]);
-      acc[7] = fmaf(v.w, wio, acc[7]);
-    }
-#pragma unroll
-    for (int q = 0; q < kGroup; ++q) s.a2[o * TB + s0 + q] = acc[q];
-  }
+  tile_gemm<TB, 2>(
+      w.hidden2, w.hidden1, W, s.h1, [&](int o, int q) { return w.table[(size_t)s.label[q] * w.hidden2 + o]; },
+      [&](int o, int q, float a) { s.a2[o * TB + q] = a; });
+}
+
+// g1[i][s] = 1[h1 > 0] * sum_o W_a[o][i] g2[o][s]  (written over h1: each entry by the thread that read it)
+template <int TB>
+__device__ void backward_layer2(const FoldedWeights& w, const View W, const TileSmem& s) {
+  tile_gemm<TB, TB / kGroup>(
+      w.hidden1, w.hidden2, W, s.a2, [](int, int) { return 0.f; },
+      [&](int i, int q, float a) { s.g1[i * TB + q] = s.h1[i * TB + q] > 0.f ? a : 0.f; });
+}
+
+// dsign[j][s] = sign(sum_i W_p[i][j] g1[i][s])
+template <int TB>
+__device__ void backward_layer1(const FoldedWeights& w, const View W, const TileSmem& s) {
+  tile_gemm<TB, 2>(
+      w.classes, w.hidden1, W, s.g1, [](int, int) { return 0.f; },
+      [&](int j, int q, float a) { s.dsign[j * TB + q] = (signed char)((a > 0.f) - (a < 0.f)); });
 }
 
 // Logit z = b3 + sum_o relu(a2[o]) w3[o] of sample q, reduced by one warp (all lanes get it).
@@ -141,59 +158,6 @@ __device__ float warp_logit(const FoldedWeights& w, const TileSmem& s, int q, in
   }
   for (int off = 16; off > 0; off >>= 1) part += __shfl_xor_sync(0xffffffffu, part, off);
   return part + *w.b3;
-}
-
-// Backward to hidden 1: g1[i][s] = 1[h1>0] * sum_o W_a[o][i] g2[o][s]; one hidden unit per thread.
-template <int TB>
-__device__ void backward_layer2(const FoldedWeights& w, const View W, const TileSmem& s) {
-  for (int i = threadIdx.x; i < w.hidden1; i += kThreads) {
-    float acc[TB];
-#pragma unroll
-    for (int q = 0; q < TB; ++q) acc[q] = 0.f;
-#pragma unroll 4
-    for (int o = 0; o < w.hidden2; ++o) {
-      const float woi = W(o, i);
-      const float4* g = reinterpret_cast<const float4*>(s.a2 + o * TB);
-#pragma unroll
-      for (int q4 = 0; q4 < TB / 4; ++q4) {
-        const float4 v = g[q4];
-        acc[4 * q4 + 0] = fmaf(v.x, woi, acc[4 * q4 + 0]);
-        acc[4 * q4 + 1] = fmaf(v.y, woi, acc[4 * q4 + 1]);
-        acc[4 * q4 + 2] = fmaf(v.z, woi, acc[4 * q4 + 2]);
-        acc[4 * q4 + 3] = fmaf(v.w, woi, acc[4 * q4 + 3]);
-      }
-    }
-#pragma unroll
-    for (int q = 0; q < TB; ++q) s.g1[i * TB + q] = s.h1[i * TB + q] > 0.f ? acc[q] : 0.f;
-  }
-}
-
-// Backward to the input: dsign[j][s] = sign(sum_i W_p[i][j] g1[i][s]); work items (j, 8 samples).
-template <int TB>
-__device__ void backward_layer1(const FoldedWeights& w, const View W, const TileSmem& s) {
-  const int items = w.classes * (TB / kGroup);
-  for (int item = threadIdx.x; item < items; item += kThreads) {
-    const int j = item % w.classes, s0 = (item / w.classes) * kGroup;
-    float acc[kGroup];
-#pragma unroll
-    for (int q = 0; q < kGroup; ++q) acc[q] = 0.f;
-#pragma unroll 4
-    for (int i = 0; i < w.hidden1; ++i) {
-      const float wij = W(i, j);
-      const float4* g = reinterpret_cast<const float4*>(s.g1 + i * TB + s0);
-      const float4 u = g[0], v = g[1];
-      acc[0] = fmaf(u.x, wij, acc[0]);
-      acc[1] = fmaf(u.y, wij, acc[1]);
-      acc[2] = fmaf(u.z, wij, acc[2]);
-      acc[3] = fmaf(u.w, wij, acc[3]);
-      acc[4] = fmaf(v.x, wij, acc[4]);
-      acc[5] = fmaf(v.y, wij, acc[5]);
-      acc[6] = fmaf(v.z, wij, acc[6]);
-      acc[7] = fmaf(v.w, wij, acc[7]);
-    }
-#pragma unroll
-    for (int q = 0; q < kGroup; ++q) s.dsign[j * TB + s0 + q] = (signed char)((acc[q] > 0.f) - (acc[q] < 0.f));
-  }
 }
 
 // torch.argmax of the candidate vector clamp(p + step * dsign) of sample q: (max, first index).
