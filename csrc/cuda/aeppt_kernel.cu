@@ -20,13 +20,21 @@ struct TileSmem {
   float* g1;      // [H1][TB] 1[a1>0] * W_a^T(1[a2>0] * w3); aliases h1 (each unit's thread overwrites
                   // its own h1 entries after reading them, and nothing else reads h1 then)
   signed char* dsign;  // [C][TB] sign(W_p^T g1)
-  float* step;    // [TB] signed step of this iteration (0: no update)
+  float* step;    // [TB] this iteration's step, then signed (0: no update)
   int* label;     // [TB]
   float* target;  // [TB]
   int* active;    // [TB]
 };
 
 __host__ __device__ inline size_t align16(size_t n) { return (n + 15) / 16 * 16; }
+
+// Position of (row, sample) in a [rows][TB] state array: the 16-byte chunks of a row are XOR-swizzled
+// by the row, so a warp that walks rows (one per lane: epilogues, per-sample loops) spreads over the
+// banks instead of hitting one, while 4 consecutive samples stay one aligned float4.
+template <int TB>
+__device__ __forceinline__ int at(int row, int sample) {
+  return row * TB + ((((sample >> 2) ^ row) & (TB / 4 - 1)) << 2) + (sample & 3);
+}
 
 // Row stride of the weight copies in shared memory: one float of padding makes both the row-wise and
 // the column-wise reads of a warp conflict-free.
@@ -98,8 +106,8 @@ __device__ void tile_gemm(int n_out, int n_k, const View W, const float* A, Init
       float w[RU];
 #pragma unroll
       for (int r = 0; r < RU; ++r) w[r] = n0 + 32 * r < n_out ? W(k, n0 + 32 * r) : 0.f;
-      const float4* a = reinterpret_cast<const float4*>(A + k * TB + s0);
-      const float4 u = a[0], v = a[1];
+      const float4 u = *reinterpret_cast<const float4*>(A + at<TB>(k, s0));
+      const float4 v = *reinterpret_cast<const float4*>(A + at<TB>(k, s0 + 4));
       const float x[kGroup] = {u.x, u.y, u.z, u.w, v.x, v.y, v.z, v.w};
 #pragma unroll
       for (int r = 0; r < RU; ++r)
@@ -121,7 +129,7 @@ template <int TB>
 __device__ void forward_layer1(const FoldedWeights& w, const View W, const TileSmem& s) {
   tile_gemm<TB, TB / kGroup>(
       w.hidden1, w.classes, W, s.p, [&](int i, int) { return w.bp[i]; },
-      [&](int i, int q, float a) { s.h1[i * TB + q] = a > 0.f ? a : 0.f; });
+      [&](int i, int q, float a) { s.h1[at<TB>(i, q)] = a > 0.f ? a : 0.f; });
 }
 
 // a2[o][s] = c[label s][o] + sum_i W_a[o][i] h1[i][s]
@@ -129,7 +137,7 @@ template <int TB>
 __device__ void forward_layer2(const FoldedWeights& w, const View W, const TileSmem& s) {
   tile_gemm<TB, 2>(
       w.hidden2, w.hidden1, W, s.h1, [&](int o, int q) { return w.table[(size_t)s.label[q] * w.hidden2 + o]; },
-      [&](int o, int q, float a) { s.a2[o * TB + q] = a; });
+      [&](int o, int q, float a) { s.a2[at<TB>(o, q)] = a; });
 }
 
 // g1[i][s] = 1[h1 > 0] * sum_o W_a[o][i] g2[o][s]  (written over h1: each entry by the thread that read it)
@@ -137,7 +145,7 @@ template <int TB>
 __device__ void backward_layer2(const FoldedWeights& w, const View W, const TileSmem& s) {
   tile_gemm<TB, TB / kGroup>(
       w.hidden1, w.hidden2, W, s.a2, [](int, int) { return 0.f; },
-      [&](int i, int q, float a) { s.g1[i * TB + q] = s.h1[i * TB + q] > 0.f ? a : 0.f; });
+      [&](int i, int q, float a) { s.g1[at<TB>(i, q)] = s.h1[at<TB>(i, q)] > 0.f ? a : 0.f; });
 }
 
 // dsign[j][s] = sign(sum_i W_p[i][j] g1[i][s])
@@ -145,7 +153,7 @@ template <int TB>
 __device__ void backward_layer1(const FoldedWeights& w, const View W, const TileSmem& s) {
   tile_gemm<TB, 2>(
       w.classes, w.hidden1, W, s.g1, [](int, int) { return 0.f; },
-      [&](int j, int q, float a) { s.dsign[j * TB + q] = (signed char)((a > 0.f) - (a < 0.f)); });
+      [&](int j, int q, float a) { s.dsign[at<TB>(j, q)] = (signed char)((a > 0.f) - (a < 0.f)); });
 }
 
 // Logit z = b3 + sum_o relu(a2[o]) w3[o] of sample q, reduced by one warp (all lanes get it).
@@ -153,7 +161,7 @@ template <int TB>
 __device__ float warp_logit(const FoldedWeights& w, const TileSmem& s, int q, int lane) {
   float part = 0.f;
   for (int o = lane; o < w.hidden2; o += 32) {
-    const float a = s.a2[o * TB + q];
+    const float a = s.a2[at<TB>(o, q)];
     part = fmaf(a > 0.f ? a : 0.f, w.w3[o], part);
   }
   for (int off = 16; off > 0; off >>= 1) part += __shfl_xor_sync(0xffffffffu, part, off);
@@ -166,7 +174,7 @@ __device__ int warp_argmax_after_step(const TileSmem& s, int classes, int q, flo
   float best = -1.f;
   int best_j = 0x7fffffff;
   for (int j = lane; j < classes; j += 32) {
-    const float x = fminf(fmaxf(s.p[j * TB + q] + step * (float)s.dsign[j * TB + q], 0.f), 1.f);
+    const float x = fminf(fmaxf(s.p[at<TB>(j, q)] + step * (float)s.dsign[at<TB>(j, q)], 0.f), 1.f);
     if (x > best) { best = x; best_j = j; }
   }
   for (int off = 16; off > 0; off >>= 1) {
@@ -203,14 +211,14 @@ __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptA
   // Load the tile transposed; pad samples past the batch end with zeros (inactive, never written).
   for (int idx = threadIdx.x; idx < C * TB; idx += kThreads) {
     const int q = idx / C, j = idx % C;
-    s.p[j * TB + q] = q < nvalid ? a.probs[(b0 + q) * C + j] : 0.f;
+    s.p[at<TB>(j, q)] = q < nvalid ? a.probs[(b0 + q) * C + j] : 0.f;
   }
   __syncthreads();
   for (int q = warp; q < TB; q += kWarps) {  // labels: first index of the maximum, as torch.argmax
     float best = -1.f;
     int best_j = 0x7fffffff;
     for (int j = lane; j < C; j += 32) {
-      const float x = s.p[j * TB + q];
+      const float x = s.p[at<TB>(j, q)];
       if (x > best) { best = x; best_j = j; }
     }
     for (int off = 16; off > 0; off >>= 1) {
@@ -227,6 +235,9 @@ __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptA
 
   const int passes = a.iters > 0 ? a.iters : 1;
   for (int t = 0; t < passes; ++t) {
+    // This iteration's random steps, fetched now so their latency hides behind layer 1.
+    if (threadIdx.x < TB) s.step[threadIdx.x] = t < a.iters && threadIdx.x < nvalid
+                                                   ? a.steps[(int64_t)t * a.batch + b0 + threadIdx.x] : 0.f;
     forward_layer1<TB>(w, v.layer1, s);
     __syncthreads();
     forward_layer2<TB>(w, v.layer2, s);
@@ -245,12 +256,12 @@ __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptA
         bool active = s.active[q] != 0;
         if (active && a.stop_when_flipped && (sig >= 0.5f ? 1.f : 0.f) != target) active = false;
         const float dz_sign = (float)((sig > target) - (sig < target));
-        if (active && t < a.iters) step = a.steps[(int64_t)t * a.batch + b0 + q] * dz_sign;
+        if (active && t < a.iters) step = s.step[q] * dz_sign;
         __syncwarp();
         if (lane == 0) s.active[q] = active;
       }
       if (lane == 0) s.step[q] = step;
-      for (int o = lane; o < w.hidden2; o += 32) s.a2[o * TB + q] = s.a2[o * TB + q] > 0.f ? w.w3[o] : 0.f;
+      for (int o = lane; o < w.hidden2; o += 32) s.a2[at<TB>(o, q)] = s.a2[at<TB>(o, q)] > 0.f ? w.w3[o] : 0.f;
     }
     __syncthreads();
     if (t >= a.iters) break;
@@ -263,8 +274,8 @@ __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptA
       if (step == 0.f) continue;  // inactive, padding, or sigmoid(z) == Y exactly
       if (a.preserve_label && warp_argmax_after_step<TB>(s, C, q, step, lane) != s.label[q]) continue;
       for (int j = lane; j < C; j += 32) {
-        float* pj = &s.p[j * TB + q];
-        *pj = fminf(fmaxf(*pj + step * (float)s.dsign[j * TB + q], 0.f), 1.f);
+        float* pj = &s.p[at<TB>(j, q)];
+        *pj = fminf(fmaxf(*pj + step * (float)s.dsign[at<TB>(j, q)], 0.f), 1.f);
       }
     }
     __syncthreads();
@@ -276,16 +287,16 @@ __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptA
     bool uniform = false;
     if (a.renormalize) {
       float part = 0.f;
-      for (int j = lane; j < C; j += 32) part += s.p[j * TB + q];
+      for (int j = lane; j < C; j += 32) part += s.p[at<TB>(j, q)];
       for (int off = 16; off > 0; off >>= 1) part += __shfl_xor_sync(0xffffffffu, part, off);
       uniform = !(part > 0.f);
       scale = part;
     }
     __syncwarp();
     for (int j = lane; j < C; j += 32) {
-      float x = s.p[j * TB + q];
+      float x = s.p[at<TB>(j, q)];
       if (a.renormalize) x = uniform ? 1.f / (float)C : x / scale;
-      s.p[j * TB + q] = x;
+      s.p[at<TB>(j, q)] = x;
       a.adv[(b0 + q) * C + j] = x;
     }
   }
