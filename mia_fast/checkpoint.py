@@ -1,4 +1,5 @@
-"""Checkpoints of the substitute MIM: a state dict plus metadata, loaded with weights_only=True."""
+"""Checkpoints: a state dict, the architecture and metadata, loaded with weights_only=True (never
+unpickles arbitrary objects). One format for every model kind mia-fast saves."""
 from __future__ import annotations
 
 import hashlib
@@ -10,10 +11,22 @@ import torch
 
 from .errors import CheckpointError
 from .io import atomic_path
+from .models.attack import AttackMIM
 from .models.substitute import SubstituteMIM
+from .models.target import TARGETS
 from .version import __version__
 
-FORMAT = "mia-fast/substitute-mim/v1"
+FORMAT = "mia-fast/checkpoint/v1"
+KINDS = {"substitute-mim": "substitute-MIM", "attack-mim": "attack-MIM", "target": "target-model"}
+
+
+def _build(kind: str, architecture: dict) -> torch.nn.Module:
+    if kind == "substitute-mim":
+        return SubstituteMIM(**architecture)
+    if kind == "attack-mim":
+        return AttackMIM(**architecture)
+    arch = dict(architecture)
+    return TARGETS[arch.pop("name")](**arch)
 
 
 def data_hash(tensors: Iterable[torch.Tensor]) -> str:
@@ -26,17 +39,17 @@ def data_hash(tensors: Iterable[torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_substitute(path, model: SubstituteMIM, meta: dict) -> None:
-    """Save ``model`` with metadata (classes, architecture, version, training-data hash, ...) atomically."""
-    payload = {"format": FORMAT, "version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "architecture": model.architecture(), "meta": meta,
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+def save_model(path, kind: str, model: torch.nn.Module, architecture: dict, meta: dict) -> None:
+    """Save ``model`` of ``kind`` (see KINDS) with its architecture and metadata, atomically."""
+    payload = {"format": FORMAT, "kind": kind, "version": __version__,
+               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "architecture": architecture,
+               "meta": meta, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
-def load_substitute(path) -> Tuple[SubstituteMIM, dict]:
-    """Load a substitute MIM checkpoint; never unpickles arbitrary objects. Returns (model, payload)."""
+def load_model(path, kind: str) -> Tuple[torch.nn.Module, dict]:
+    """Load a checkpoint of ``kind``; returns (model in eval mode, payload)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
@@ -45,12 +58,20 @@ def load_substitute(path) -> Tuple[SubstituteMIM, dict]:
     except Exception as err:
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"checkpoint {path}: not a loadable weights-only checkpoint ({first})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path}: not a mia-fast substitute-MIM checkpoint (format {FORMAT} expected)")
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("kind") != kind:
+        raise CheckpointError(f"checkpoint {path}: not a mia-fast {KINDS[kind]} checkpoint")
     try:
-        model = SubstituteMIM(**payload["architecture"])
+        model = _build(kind, payload["architecture"])
         model.load_state_dict(payload["state_dict"])
     except Exception as err:
         raise CheckpointError(f"checkpoint {path}: weights do not match the architecture ({err})") from None
-    model.eval()
-    return model, payload
+    return model.eval(), payload
+
+
+def save_substitute(path, model: SubstituteMIM, meta: dict) -> None:
+    save_model(path, "substitute-mim", model, model.architecture(), meta)
+
+
+def load_substitute(path) -> Tuple[SubstituteMIM, dict]:
+    """Load a substitute MIM checkpoint. Returns (model, payload)."""
+    return load_model(path, "substitute-mim")

@@ -15,7 +15,9 @@ from tqdm.auto import tqdm
 from .checkpoint import data_hash, load_substitute, save_substitute
 from .defenses.aeppt import aeppt
 from .errors import InputError, MiaFastError
-from .io import as_tensor, atomic_path, load_array, save_array
+from .data import describe
+from .io import as_tensor, atomic_path, load_array
+from .pipeline import Config, RunDir, format_results, run_demo, stage_attack, stage_target
 from .training.substitute import train_substitute
 from .validation import check_probabilities
 
@@ -47,8 +49,9 @@ def main():
 
 @main.command()
 @click.option("--predictions", "-p", required=True, type=click.Path(dir_okay=False), help="Confidence vectors [N, C], .npy or .pt.")
-@click.option("--mim", required=True, type=click.Path(dir_okay=False), help="Substitute MIM checkpoint (train-substitute).")
-@click.option("--eps", required=True, type=float, help="Step size (paper: 9e-4 CIFAR-100, 2e-5 Purchase-100).")
+@click.option("--mim", type=click.Path(dir_okay=False), help="Substitute MIM checkpoint (train-substitute); default: RUN's.")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), help="A run directory (demo): its substitute MIM and eps.")
+@click.option("--eps", type=float, help="Step size (paper: 9e-4 CIFAR-100, 2e-5 Purchase-100); default: RUN's.")
 @click.option("--iters", default=100, show_default=True, type=click.IntRange(min=0), help="Iterations T.")
 @click.option("--batch", default=4096, show_default=True, type=click.IntRange(min=1), help="Rows per kernel call.")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Defended vectors, .npy or .pt.")
@@ -60,9 +63,15 @@ def main():
 @click.option("--allow-unnormalized", is_flag=True, help="Accept rows that do not sum to 1.")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the summary as JSON.")
 @_one_line_errors
-def defend(predictions, mim, eps, iters, batch, out, device, seed, preserve_label, stop_when_flipped, renormalize,
-           allow_unnormalized, json_out):
+def defend(predictions, mim, run_dir, eps, iters, batch, out, device, seed, preserve_label, stop_when_flipped,
+           renormalize, allow_unnormalized, json_out):
     """Turn confidence vectors into AEPPT adversarial predictions (Xue et al., Algorithm 1)."""
+    if run_dir is not None:
+        run = RunDir(run_dir)
+        mim = mim or str(run.path / "substitute.pt")
+        eps = eps if eps is not None else run.config().step_size()
+    if mim is None or eps is None:
+        raise InputError("defend needs --mim and --eps, or --run RUN_DIR to take them from a run")
     if eps < 0:
         raise InputError(f"--eps must be >= 0, got {eps}")
     dev = _device(device)
@@ -159,6 +168,89 @@ def train_substitute_cmd(members, member_labels, nonmembers, nonmember_labels, o
     save_substitute(out, model, meta)
     click.echo(f"substitute MIM ({model.num_classes} classes) trained on {meta['members']} members and "
                f"{meta['nonmembers']} non-members: train accuracy {history['train_accuracy']:.1%} -> {out}")
+
+
+def _experiment_options(fn):
+    options = [
+        click.option("--dataset", default="digits", show_default=True, help="digits (embedded), location30, "
+                     "purchase100, texas100, cifar10, cifar100, mnist, fashion-mnist (see: mia-fast data list)."),
+        click.option("--data-dir", type=click.Path(file_okay=False), help="Where the dataset's files are."),
+        click.option("--members", type=click.IntRange(min=2), help="|D_tar| (default: the dataset's)."),
+        click.option("--nonmembers", type=click.IntRange(min=2), help="|D_tar-bar| (default: the dataset's)."),
+        click.option("--adversary-fraction", default=0.5, show_default=True, type=float),
+        click.option("--target-epochs", type=click.IntRange(min=1), help="Default: the dataset's, else 100."),
+        click.option("--target-lr", type=float, help="Default: the dataset's, else 1e-4."),
+        click.option("--mim-epochs", default=100, show_default=True, type=click.IntRange(min=1)),
+        click.option("--eps", type=float, help="AEPPT step size (default: the dataset's)."),
+        click.option("--iters", default=100, show_default=True, type=click.IntRange(min=0)),
+        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"])),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _config(kwargs) -> Config:
+    _device(kwargs["device"])
+    return Config(**kwargs)
+
+
+def _fresh_run_dir(run_dir, force):
+    path = Path(run_dir)
+    if path.exists() and any(path.iterdir()) and not force:
+        raise InputError(f"--run-dir {path} exists and is not empty (pass --force to overwrite)")
+    return path
+
+
+@main.command()
+@_experiment_options
+@click.option("--run-dir", default=None, type=click.Path(file_okay=False), help="Default: runs/DATASET-seedSEED.")
+@click.option("--force", is_flag=True, help="Overwrite an existing run directory.")
+@_one_line_errors
+def demo(run_dir, force, **kwargs):
+    """The whole AEPPT experiment: target, substitute MIM, adversary MIM0, defense, results table."""
+    cfg = _config(kwargs)
+    path = _fresh_run_dir(run_dir or f"runs/{cfg.dataset}-seed{cfg.seed}", force)
+    results = run_demo(cfg, path, log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty())
+    click.echo(format_results(results))
+    click.echo(f"run directory: {path} (results.json, checkpoints, outputs); {results['total_seconds']:.0f} s")
+
+
+@main.command("train-target")
+@_experiment_options
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="Run directory to create.")
+@click.option("--force", is_flag=True, help="Overwrite an existing run directory.")
+@_one_line_errors
+def train_target_cmd(run_dir, force, **kwargs):
+    """Split the data and train the target model (cross-entropy, Adam) into a run directory."""
+    cfg = _config(kwargs)
+    run = RunDir(_fresh_run_dir(run_dir, force), create=True)
+    stage_target(run, cfg, log=click.echo, progress=sys.stderr.isatty())
+
+
+@main.command("train-attack")
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="A run made by train-target.")
+@_one_line_errors
+def train_attack_cmd(run_dir):
+    """Train the adversary's MIM0 on its known share of members and non-members of a run."""
+    run = RunDir(run_dir)
+    stage_attack(run, run.config(), log=click.echo, progress=sys.stderr.isatty())
+
+
+@main.group()
+def data():
+    """Datasets: where they are looked for."""
+
+
+@data.command("list")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Also look here.")
+def data_list(data_dir):
+    """Every dataset, where it was looked for, and whether it was found."""
+    for row in describe(data_dir):
+        status = f"found: {row['found']}" if row["found"] else "not found"
+        click.echo(f"{row['name']:14s} {row['classes']:4d} classes  {status}")
+        click.echo(f"{'':14s} {row['description']}; looked in: {', '.join(row['looked_in']) or '(nowhere: --data-dir or MIA_FAST_DATA)'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -95,7 +95,7 @@ def test_checkpoint_roundtrip_and_refusals(trained_mim, tmp_path):
     with pytest.raises(CheckpointError, match="not a loadable"):
         load_substitute(tmp_path / "corrupt.pt")
     with open(tmp_path / "evil.pt", "wb") as f:
-        pickle.dump({"format": "mia-fast/substitute-mim/v1", "x": Exploit()}, f)
+        pickle.dump({"format": "mia-fast/checkpoint/v1", "kind": "substitute-mim", "x": Exploit()}, f)
     with pytest.raises(CheckpointError, match="not a loadable"):
         load_substitute(tmp_path / "evil.pt")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")

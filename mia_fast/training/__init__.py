@@ -1,4 +1,5 @@
-"""Training loops."""
+"""Training loops: target classifiers and membership-inference models."""
 from .substitute import train_substitute
+from .target import accuracy, predict_proba, train_target
 
-__all__ = ["train_substitute"]
+__all__ = ["train_substitute", "train_target", "predict_proba", "accuracy"]

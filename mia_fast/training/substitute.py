@@ -1,4 +1,5 @@
-"""Training the substitute MIM on (label, prediction, member) records (Xue et al., sec. 4.3, 5.2)."""
+"""Training membership-inference models on (label, prediction, member) records (Xue et al., sec. 4.3, 5.2):
+the defender's substitute MIM, and the adversary's MIMs (same loop, other architecture)."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -27,8 +28,11 @@ def _check_labels(labels: Tensor, n: int, num_classes: int, name: str) -> Tensor
 def train_substitute(member_probs: Tensor, member_labels: Tensor, nonmember_probs: Tensor, nonmember_labels: Tensor,
                      *, epochs: int = 100, lr: float = 1e-3, batch_size: int = 128, seed: int = 0,
                      device: str | torch.device = "cpu", progress: bool = True,
-                     model: Optional[SubstituteMIM] = None) -> Tuple[SubstituteMIM, dict]:
+                     model: Optional[nn.Module] = None, desc: str = "substitute MIM") -> Tuple[nn.Module, dict]:
     """Train I' with binary cross-entropy on members (label 1) and non-members (label 0), Adam, lr 1e-3.
+
+    ``model`` may be any module with ``logit(probs, labels)`` (e.g. `AttackMIM.mim0`); by default a
+    fresh `SubstituteMIM` initialised from ``seed``.
 
     The paper (sec. 5.2) trains on D_tar vs D_tar-bar with lr 0.001 for at most 100 epochs; it asks for
     equal numbers of members and non-members (sec. 4.3). With unequal counts, each class's loss is
@@ -57,7 +61,7 @@ def train_substitute(member_probs: Tensor, member_labels: Tensor, nonmember_prob
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.BCEWithLogitsLoss(reduction="none")
     history = {"loss": []}
-    bar = tqdm(range(epochs), desc="substitute MIM", disable=not progress, leave=False)
+    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
     for _ in bar:
         order = torch.randperm(len(x), generator=gen).to(device)
         total = 0.0
