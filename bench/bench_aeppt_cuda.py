@@ -92,7 +92,7 @@ def copy_gbps():
     return 2 * x.numel() / ms / 1e6
 
 
-def bench_aeppt(batches, compile_batches):
+def bench_aeppt(batches, compile_batches, only=None):
     torch.manual_seed(0)
     mim = SubstituteMIM(C).requires_grad_(False).cuda()
     weights = mim.fold().weights()
@@ -112,7 +112,7 @@ def bench_aeppt(batches, compile_batches):
             "graph-folded": "graph", "compile-folded": "compile",
             "fused": lambda: ops.aeppt(probs, *weights, steps)[0],
         }
-        for name in list(variants):
+        for name in [v for v in variants if not only or v in only]:
             row = {"batch": batch, "variant": name}
             try:
                 if name.endswith("autograd"):
@@ -175,13 +175,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[256, 4096, 65536])
     parser.add_argument("--compile-batches", type=int, nargs="*", default=[4096])
+    parser.add_argument("--variants", nargs="*", help="only these AEPPT variants (default: all)")
+    parser.add_argument("--no-select", action="store_true", help="skip the selection benchmark")
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-              "date": time.strftime("%Y-%m-%d"), "aeppt": bench_aeppt(args.batches, set(args.compile_batches)),
-              "select": bench_select()}
+              "date": time.strftime("%Y-%m-%d"), "aeppt": bench_aeppt(args.batches, set(args.compile_batches), args.variants),
+              "select": {"copy_GBps": float("nan"), "rows": []} if args.no_select else bench_select()}
     print(f"\n{result['device']}, torch {result['torch']}, CUDA {result['cuda']}; SGEMM "
           f"{result['aeppt']['sgemm_tflops']:.1f} TFLOP/s; copy {result['select']['copy_GBps']:.0f} GB/s")
     print("| B | variant | ms | samples*iters/s | % fp32 floor | agree |")

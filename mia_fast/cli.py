@@ -184,7 +184,8 @@ def _experiment_options(fn):
         click.option("--eps", type=float, help="AEPPT step size (default: the dataset's)."),
         click.option("--iters", default=100, show_default=True, type=click.IntRange(min=0)),
         click.option("--seed", default=0, show_default=True, type=int),
-        click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"])),
+        click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+                     help="auto: CUDA when available."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -192,6 +193,8 @@ def _experiment_options(fn):
 
 
 def _config(kwargs) -> Config:
+    if kwargs["device"] == "auto":
+        kwargs["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     _device(kwargs["device"])
     return Config(**kwargs)
 

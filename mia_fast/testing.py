@@ -28,3 +28,12 @@ def random_folded_weights(classes: int, generator: torch.Generator, *, hidden: i
 def random_probs(batch: int, classes: int, generator: torch.Generator, *, sharpness: float = 3.0) -> Tensor:
     """Softmax vectors of random logits; larger ``sharpness`` gives more confident predictions."""
     return torch.softmax(torch.randn(batch, classes, generator=generator) * sharpness, 1)
+
+
+def aeppt_case(classes: int, batch: int, iters: int, seed: int, *, eps: float = 1e-3):
+    """A seeded AEPPT problem: (probs [B, C], folded weights, steps [T, B] = eps * U(0, 1))."""
+    g = torch.Generator().manual_seed(seed)
+    weights = random_folded_weights(classes, g)
+    probs = random_probs(batch, classes, g)
+    steps = torch.rand(iters, batch, generator=g) * eps
+    return probs, weights, steps

@@ -5,18 +5,10 @@ import torch
 from mia_fast import ops
 from mia_fast.models import SubstituteMIM
 from mia_fast.ops.reference import aeppt_loop, aeppt_reference, folded_logit
-from mia_fast.testing import devices, random_folded_weights, random_probs
+from mia_fast.testing import aeppt_case, devices, random_probs
 
 OPTION_SETS = [(False, False, False), (True, False, False), (False, True, False), (False, False, True),
                (True, True, True)]
-
-
-def _case(classes, batch, iters, seed, eps=1e-3):
-    g = torch.Generator().manual_seed(seed)
-    weights = random_folded_weights(classes, g)
-    probs = random_probs(batch, classes, g)
-    steps = torch.rand(iters, batch, generator=g) * eps
-    return probs, weights, steps
 
 
 def _run(device, probs, weights, steps, options):
@@ -46,7 +38,7 @@ def _sign_ties(probs, weights, rel=1e-4):
 @pytest.mark.parametrize("classes", [2, 10, 100, 1000])
 @pytest.mark.parametrize("batch", [1, 7, 4096])
 def test_one_iteration_matches_reference(device, classes, batch):
-    probs, weights, steps = _case(classes, batch, 1, seed=classes * 7919 + batch)
+    probs, weights, steps = aeppt_case(classes, batch, 1, seed=classes * 7919 + batch)
     adv, before, after = _run(device, probs, weights, steps, (False, False, False))
     ref_adv, ref_before, ref_after = aeppt_reference(probs, *weights, steps)
     # Within 1e-5 everywhere, except where the gradient sign is a tie that summation order decides.
@@ -62,7 +54,7 @@ def test_one_iteration_matches_reference(device, classes, batch):
                                            (1000, 256)])
 @pytest.mark.parametrize("options", OPTION_SETS)
 def test_hundred_iterations_match_reference(device, classes, batch, options):
-    probs, weights, steps = _case(classes, batch, 100, seed=classes + batch + 31 * sum(options))
+    probs, weights, steps = aeppt_case(classes, batch, 100, seed=classes + batch + 31 * sum(options))
     adv, before, after = _run(device, probs, weights, steps, options)
     ref_adv, ref_before, ref_after = aeppt_reference(probs, *weights, steps, *options)
     # One early sign tie (a hidden unit at exactly 0 in one summation order) can change a path.
@@ -72,12 +64,35 @@ def test_hundred_iterations_match_reference(device, classes, batch, options):
 
 
 @pytest.mark.parametrize("device", devices())
+def test_hundred_iterations_many_classes_full_batch(device):
+    probs, weights, steps = aeppt_case(1000, 4096, 100, seed=77)
+    adv, before, after = _run(device, probs, weights, steps, (False, False, False))
+    ref_adv, ref_before, _ = aeppt_reference(probs, *weights, steps)
+    assert _fraction_close(adv, ref_adv) >= 0.995
+    torch.testing.assert_close(before, ref_before, atol=1e-5, rtol=0)
+
+
+def test_without_the_extension_the_reference_runs_and_says_so_once(monkeypatch):
+    monkeypatch.setattr(ops, "HAS_EXTENSION", False)
+    monkeypatch.setattr(ops, "_warned", False)
+    probs, weights, steps = aeppt_case(10, 20, 5, seed=8)
+    with pytest.warns(RuntimeWarning, match="falling back to the plain-PyTorch reference"):
+        got = ops.aeppt(probs, *weights, steps)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ops.aeppt(probs, *weights, steps)  # no second warning
+    for g, w in zip(got, aeppt_reference(probs, *weights, steps)):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("device", devices())
 def test_zero_iterations_and_empty_batch(device):
-    probs, weights, steps = _case(10, 5, 0, seed=3)
+    probs, weights, steps = aeppt_case(10, 5, 0, seed=3)
     adv, before, after = _run(device, probs, weights, steps, (False, False, False))
     torch.testing.assert_close(adv, probs)
     torch.testing.assert_close(before, after)
-    probs, weights, steps = _case(10, 0, 4, seed=4)
+    probs, weights, steps = aeppt_case(10, 0, 4, seed=4)
     adv, before, after = _run(device, probs, weights, steps, (False, False, False))
     assert adv.shape == (0, 10) and before.shape == (0,)
 
@@ -96,7 +111,7 @@ def test_folded_reference_is_algorithm_1_on_the_unfolded_model():
 
 def test_steps_push_the_substitute_across_its_decision():
     """Eq. 3: members (Y = 1) are pushed down, non-members (Y = 0) up."""
-    probs, weights, steps = _case(10, 2000, 100, seed=11, eps=5e-3)
+    probs, weights, steps = aeppt_case(10, 2000, 100, seed=11, eps=5e-3)
     adv, before, after = ops.aeppt(probs, *weights, steps)
     member = before >= 0.5
     assert member.any() and (~member).any()
@@ -108,7 +123,7 @@ def test_steps_push_the_substitute_across_its_decision():
 
 
 def test_options_do_what_they_say():
-    probs, weights, steps = _case(10, 2000, 100, seed=12, eps=2e-2)
+    probs, weights, steps = aeppt_case(10, 2000, 100, seed=12, eps=2e-2)
     plain = ops.aeppt(probs, *weights, steps)
     assert bool((plain[0].argmax(1) != probs.argmax(1)).any()), "large steps should flip some labels"
     kept = ops.aeppt(probs, *weights, steps, True, False, False)
@@ -123,7 +138,7 @@ def test_options_do_what_they_say():
 def test_op_schema_and_fake_kernel():
     if not ops.HAS_EXTENSION:
         pytest.skip("extension not built")
-    probs, weights, steps = _case(10, 9, 3, seed=13)
+    probs, weights, steps = aeppt_case(10, 9, 3, seed=13)
     torch.library.opcheck(torch.ops.mia_fast.aeppt.default, (probs, *weights, steps, False, False, False),
                           test_utils=("test_schema", "test_faketensor"))
 
@@ -131,7 +146,7 @@ def test_op_schema_and_fake_kernel():
 def test_bad_arguments_name_the_argument():
     if not ops.HAS_EXTENSION:
         pytest.skip("extension not built")
-    probs, weights, steps = _case(10, 9, 3, seed=14)
+    probs, weights, steps = aeppt_case(10, 9, 3, seed=14)
     with pytest.raises(RuntimeError, match="steps must be \\[T, B=9\\]"):
         torch.ops.mia_fast.aeppt(probs, *weights, steps[:, :4].contiguous(), False, False, False)
     with pytest.raises(RuntimeError, match="probs must be float32"):

@@ -4,18 +4,10 @@ import pytest
 import torch
 
 from mia_fast import ops
-from mia_fast.testing import random_folded_weights, random_probs
+from mia_fast.testing import aeppt_case
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and ops.has_cuda_kernels()),
                                 reason="needs a GPU and the CUDA kernels")
-
-
-def _case(classes, batch, iters, seed, eps=1e-3):
-    g = torch.Generator().manual_seed(seed)
-    weights = random_folded_weights(classes, g)
-    probs = random_probs(batch, classes, g)
-    steps = torch.rand(iters, batch, generator=g) * eps
-    return probs, weights, steps
 
 
 def _poison_allocator(nbytes=64 << 20):
@@ -27,7 +19,7 @@ def _poison_allocator(nbytes=64 << 20):
 @pytest.mark.parametrize("classes,batch", [(2, 33), (10, 100), (100, 4097), (1000, 45)])
 @pytest.mark.parametrize("options", [(False, False, False), (True, True, True)])
 def test_cuda_equals_cpu_and_writes_every_element(classes, batch, options):
-    probs, weights, steps = _case(classes, batch, 100, seed=classes + batch)
+    probs, weights, steps = aeppt_case(classes, batch, 100, seed=classes + batch)
     cpu = ops.aeppt(probs, *weights, steps, *options)
     _poison_allocator()
     gpu = ops.aeppt(*[t.cuda() for t in (probs, *weights, steps)], *options)
@@ -49,7 +41,7 @@ def test_selection_writes_every_element():
 
 
 def test_cuda_graph_capture_and_replay():
-    probs, weights, steps = _case(100, 512, 20, seed=5)
+    probs, weights, steps = aeppt_case(100, 512, 20, seed=5)
     args = [t.cuda() for t in (probs, *weights, steps)]
     expected = ops.aeppt(*args)
     static_out = None
@@ -67,7 +59,7 @@ def test_cuda_graph_capture_and_replay():
 
 
 def test_torch_compile_fullgraph_on_cuda():
-    probs, weights, steps = _case(10, 64, 10, seed=6)
+    probs, weights, steps = aeppt_case(10, 64, 10, seed=6)
     args = [t.cuda() for t in (probs, *weights, steps)]
 
     def defend(p, *rest):

@@ -45,6 +45,25 @@ def test_stage_commands_share_a_run_directory(tmp_path):
     assert r.exit_code != 0 and "substitute.pt: no such file" in r.output
 
 
+def test_image_datasets_train_the_cnn_target(tmp_path, monkeypatch):
+    """The image path end to end on a tiny MNIST in idx format: SmallCNN28 target, MIMs, defense."""
+    from test_data import _idx
+
+    monkeypatch.setenv("MIA_FAST_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 60).astype(np.uint8)
+    images = (rng.integers(0, 60, (60, 28, 28)) + labels[:, None, None] * 20).astype(np.uint8)
+    for prefix, sl in [("train", slice(0, 40)), ("t10k", slice(40, 60))]:
+        (tmp_path / f"{prefix}-images-idx3-ubyte").write_bytes(_idx(images[sl]))
+        (tmp_path / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx(labels[sl]))
+    r = run_demo(Config(dataset="mnist", data_dir=str(tmp_path), members=30, nonmembers=30, target_epochs=3,
+                        mim_epochs=3, iters=10), tmp_path / "run", log=lambda m: None, progress=False)
+    assert RunDir(tmp_path / "run").config().dataset == "mnist"
+    payload = __import__("torch").load(tmp_path / "run" / "target.pt", weights_only=True)
+    assert payload["architecture"]["name"] == "smallcnn28"
+    assert r["mim0"]["with"]["members"] == 15 and r["perturbation"]["mean_l1"] > 0
+
+
 def test_data_list_reports_every_dataset(tmp_path):
     r = CliRunner().invoke(main, ["data", "list", "--data-dir", str(tmp_path)])
     assert r.exit_code == 0

@@ -168,13 +168,13 @@ __device__ float warp_logit(const FoldedWeights& w, const TileSmem& s, int q, in
   return part + *w.b3;
 }
 
-// torch.argmax of the candidate vector clamp(p + step * dsign) of sample q: (max, first index).
-template <int TB>
-__device__ int warp_argmax_after_step(const TileSmem& s, int classes, int q, float step, int lane) {
+// torch.argmax over j < classes of value(j), reduced by one warp: the first index of the maximum.
+template <class Value>
+__device__ int warp_argmax(int classes, int lane, Value value) {
   float best = -1.f;
   int best_j = 0x7fffffff;
   for (int j = lane; j < classes; j += 32) {
-    const float x = fminf(fmaxf(s.p[at<TB>(j, q)] + step * (float)s.dsign[at<TB>(j, q)], 0.f), 1.f);
+    const float x = value(j);
     if (x > best) { best = x; best_j = j; }
   }
   for (int off = 16; off > 0; off >>= 1) {
@@ -182,7 +182,13 @@ __device__ int warp_argmax_after_step(const TileSmem& s, int classes, int q, flo
     const int oj = __shfl_xor_sync(0xffffffffu, best_j, off);
     if (ob > best || (ob == best && oj < best_j)) { best = ob; best_j = oj; }
   }
-  return best_j;
+  return best_j < classes ? best_j : 0;
+}
+
+// Component j of sample q after this iteration's step: clip(p + step * sign, 0, 1).
+template <int TB>
+__device__ __forceinline__ float stepped(const TileSmem& s, int j, int q, float step) {
+  return fminf(fmaxf(s.p[at<TB>(j, q)] + step * (float)s.dsign[at<TB>(j, q)], 0.f), 1.f);
 }
 
 template <int TB, bool kSmemWeights>
@@ -214,20 +220,10 @@ __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptA
     s.p[at<TB>(j, q)] = q < nvalid ? a.probs[(b0 + q) * C + j] : 0.f;
   }
   __syncthreads();
-  for (int q = warp; q < TB; q += kWarps) {  // labels: first index of the maximum, as torch.argmax
-    float best = -1.f;
-    int best_j = 0x7fffffff;
-    for (int j = lane; j < C; j += 32) {
-      const float x = s.p[at<TB>(j, q)];
-      if (x > best) { best = x; best_j = j; }
-    }
-    for (int off = 16; off > 0; off >>= 1) {
-      const float ob = __shfl_xor_sync(0xffffffffu, best, off);
-      const int oj = __shfl_xor_sync(0xffffffffu, best_j, off);
-      if (ob > best || (ob == best && oj < best_j)) { best = ob; best_j = oj; }
-    }
+  for (int q = warp; q < TB; q += kWarps) {
+    const int label = warp_argmax(C, lane, [&](int j) { return s.p[at<TB>(j, q)]; });
     if (lane == 0) {
-      s.label[q] = best_j < C ? best_j : 0;
+      s.label[q] = label;
       s.active[q] = q < nvalid;
     }
   }
@@ -272,11 +268,9 @@ __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptA
     for (int q = warp; q < TB; q += kWarps) {
       const float step = s.step[q];
       if (step == 0.f) continue;  // inactive, padding, or sigmoid(z) == Y exactly
-      if (a.preserve_label && warp_argmax_after_step<TB>(s, C, q, step, lane) != s.label[q]) continue;
-      for (int j = lane; j < C; j += 32) {
-        float* pj = &s.p[at<TB>(j, q)];
-        *pj = fminf(fmaxf(*pj + step * (float)s.dsign[at<TB>(j, q)], 0.f), 1.f);
-      }
+      if (a.preserve_label &&
+          warp_argmax(C, lane, [&](int j) { return stepped<TB>(s, j, q, step); }) != s.label[q]) continue;
+      for (int j = lane; j < C; j += 32) s.p[at<TB>(j, q)] = stepped<TB>(s, j, q, step);
     }
     __syncthreads();
   }
