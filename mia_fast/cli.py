@@ -206,15 +206,25 @@ def _fresh_run_dir(run_dir, force):
     return path
 
 
+def _next_free(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``, ... : the first that does not exist yet."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
 @main.command()
 @_experiment_options
-@click.option("--run-dir", default=None, type=click.Path(file_okay=False), help="Default: runs/DATASET-seedSEED.")
+@click.option("--run-dir", default=None, type=click.Path(file_okay=False),
+              help="Default: runs/DATASET-seedSEED (or -2, -3, ... if taken).")
 @click.option("--force", is_flag=True, help="Overwrite an existing run directory.")
 @_one_line_errors
 def demo(run_dir, force, **kwargs):
     """The whole AEPPT experiment: target, substitute MIM, adversary MIM0, defense, results table."""
     cfg = _config(kwargs)
-    path = _fresh_run_dir(run_dir or f"runs/{cfg.dataset}-seed{cfg.seed}", force)
+    path = _fresh_run_dir(run_dir, force) if run_dir else _next_free(Path("runs") / f"{cfg.dataset}-seed{cfg.seed}")
     results = run_demo(cfg, path, log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty())
     click.echo(format_results(results))
     click.echo(f"run directory: {path} (results.json, checkpoints, outputs); {results['total_seconds']:.0f} s")

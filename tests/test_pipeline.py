@@ -30,6 +30,15 @@ def test_demo_on_the_embedded_dataset_writes_a_complete_run(tmp_path):
     assert again.exit_code != 0 and "exists and is not empty" in again.output
 
 
+def test_default_run_directory_never_overwrites(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["demo", "--target-epochs", "2", "--mim-epochs", "2", "--iters", "2"]
+    for expected in ["runs/digits-seed0", "runs/digits-seed0-2"]:
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 0, r.output
+        assert f"run directory: {expected}" in r.output and (tmp_path / expected / "results.json").is_file()
+
+
 def test_stage_commands_share_a_run_directory(tmp_path):
     run = tmp_path / "run"
     r = CliRunner().invoke(main, ["train-target", "--run-dir", str(run), "--target-epochs", "5", "--members", "300",
