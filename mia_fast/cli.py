@@ -251,6 +251,21 @@ def train_attack_cmd(run_dir):
     stage_attack(run, run.config(), log=click.echo, progress=sys.stderr.isatty())
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--attacks", default=None, help="Comma-separated subset of: correctness, confidence, entropy, "
+              "modified_entropy, mim0, mim1, mim2 (default: all).")
+@click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1), help="Epochs of the NN attacks.")
+@_one_line_errors
+def evaluate(run_dir, attacks, epochs):
+    """Attack a demo run without the defense, naively against AEPPT, and defense-aware; writes evaluation.json."""
+    from .evaluation.battery import evaluate_run, format_evaluation
+
+    names = [a.strip() for a in attacks.split(",")] if attacks else None
+    ev = evaluate_run(run_dir, attacks=names, epochs=epochs, log=lambda m: click.echo(m, err=True))
+    click.echo(format_evaluation(ev))
+
+
 @main.group()
 def data():
     """Datasets: where they are looked for."""

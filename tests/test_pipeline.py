@@ -39,6 +39,24 @@ def test_default_run_directory_never_overwrites(tmp_path, monkeypatch):
         assert f"run directory: {expected}" in r.output and (tmp_path / expected / "results.json").is_file()
 
 
+def test_evaluate_runs_the_battery_naive_and_defense_aware(tmp_path):
+    run = tmp_path / "run"
+    assert CliRunner().invoke(main, ["demo", "--run-dir", str(run), "--target-epochs", "30", "--mim-epochs", "5",
+                                     "--iters", "20"]).exit_code == 0
+    r = CliRunner().invoke(main, ["evaluate", str(run), "--attacks", "correctness,confidence,mim0", "--epochs", "3"])
+    assert r.exit_code == 0, r.output
+    assert "AEPPT, aware" in r.output and "confidence" in r.output
+    ev = json.loads((run / "evaluation.json").read_text())
+    assert set(ev["attacks"]) == {"correctness", "confidence", "mim0"}
+    for attack in ev["attacks"].values():
+        assert set(attack) == {"none", "naive", "aware"} and 0 <= attack["aware"]["accuracy"] <= 1
+    # correctness reads only labels, which AEPPT keeps: it cannot be fooled (label flips aside)
+    c = ev["attacks"]["correctness"]
+    assert abs(c["none"]["accuracy"] - c["aware"]["accuracy"]) <= 0.05
+    bad = CliRunner().invoke(main, ["evaluate", str(run), "--attacks", "lira"])
+    assert bad.exit_code != 0 and "unknown attack 'lira'" in bad.output
+
+
 def test_stage_commands_share_a_run_directory(tmp_path):
     run = tmp_path / "run"
     r = CliRunner().invoke(main, ["train-target", "--run-dir", str(run), "--target-epochs", "5", "--members", "300",

@@ -28,11 +28,13 @@ def _check_labels(labels: Tensor, n: int, num_classes: int, name: str) -> Tensor
 def train_substitute(member_probs: Tensor, member_labels: Tensor, nonmember_probs: Tensor, nonmember_labels: Tensor,
                      *, epochs: int = 100, lr: float = 1e-3, batch_size: int = 128, seed: int = 0,
                      device: str | torch.device = "cpu", progress: bool = True,
-                     model: Optional[nn.Module] = None, desc: str = "substitute MIM") -> Tuple[nn.Module, dict]:
+                     model: Optional[nn.Module] = None, desc: str = "substitute MIM",
+                     loss: str = "bce") -> Tuple[nn.Module, dict]:
     """Train I' with binary cross-entropy on members (label 1) and non-members (label 0), Adam, lr 1e-3.
 
     ``model`` may be any module with ``logit(probs, labels)`` (e.g. `AttackMIM.mim0`); by default a
-    fresh `SubstituteMIM` initialised from ``seed``.
+    fresh `SubstituteMIM` initialised from ``seed``. ``loss="l2"`` trains with the squared error of the
+    sigmoid output instead (the paper's MIM2).
 
     The paper (sec. 5.2) trains on D_tar vs D_tar-bar with lr 0.001 for at most 100 epochs; it asks for
     equal numbers of members and non-members (sec. 4.3). With unequal counts, each class's loss is
@@ -59,7 +61,13 @@ def train_substitute(member_probs: Tensor, member_labels: Tensor, nonmember_prob
     n_in, n_out = len(member_labels), len(nonmember_labels)
     weight = torch.where(member > 0, (n_in + n_out) / (2.0 * max(n_in, 1)), (n_in + n_out) / (2.0 * max(n_out, 1)))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    loss_fn = nn.BCEWithLogitsLoss(reduction="none")
+    if loss not in ("bce", "l2"):
+        raise ValueError(f"loss must be 'bce' or 'l2', got {loss!r}")
+    bce = nn.BCEWithLogitsLoss(reduction="none")
+
+    def loss_fn(z, target):
+        return bce(z, target) if loss == "bce" else (torch.sigmoid(z) - target) ** 2
+
     history = {"loss": []}
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
     for _ in bar:
@@ -67,11 +75,11 @@ def train_substitute(member_probs: Tensor, member_labels: Tensor, nonmember_prob
         total = 0.0
         for start in range(0, len(x), batch_size):
             idx = order[start:start + batch_size]
-            loss = (loss_fn(model.logit(x[idx], y[idx]), member[idx]) * weight[idx]).mean()
+            batch_loss = (loss_fn(model.logit(x[idx], y[idx]), member[idx]) * weight[idx]).mean()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            batch_loss.backward()
             opt.step()
-            total += float(loss.detach()) * len(idx)
+            total += float(batch_loss.detach()) * len(idx)
         history["loss"].append(total / len(x))
         bar.set_postfix(loss=f"{history['loss'][-1]:.4f}")
     model.eval()
