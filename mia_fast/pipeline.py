@@ -155,7 +155,7 @@ def stage_substitute(run: RunDir, cfg: Config, *, log: Log = print, progress: bo
     return meta
 
 
-def _rows(run: RunDir, split_members: list, split_nonmembers: list):
+def record_positions(run: RunDir, split_members: list, split_nonmembers: list):
     """Positions of split indices within the members / non-members output files."""
     s = run.splits()
     pos_in = {idx: i for i, idx in enumerate(s.members)}
@@ -165,7 +165,7 @@ def _rows(run: RunDir, split_members: list, split_nonmembers: list):
 
 def stage_attack(run: RunDir, cfg: Config, *, log: Log = print, progress: bool = True) -> dict:
     s = run.splits()
-    rows_in, rows_out = _rows(run, s.adversary_members, s.adversary_nonmembers)
+    rows_in, rows_out = record_positions(run, s.adversary_members, s.adversary_nonmembers)
     m, n = run.output("members")[rows_in], run.output("nonmembers")[rows_out]
     ml, nl = run.output("members_labels")[rows_in], run.output("nonmembers_labels")[rows_out]
     log(f"adversary MIM0: {len(m)} known members vs {len(n)} known non-members, {cfg.mim_epochs} epochs")
@@ -205,7 +205,7 @@ def stage_defend(run: RunDir, cfg: Config, *, log: Log = print) -> dict:
         run.save_output(f"{split}_defended", adv.numpy())
     n_total = sum(s["n"] for s in stats.values())
     s = run.splits()
-    rows_in, rows_out = _rows(run, s.eval_members, s.eval_nonmembers)
+    rows_in, rows_out = record_positions(run, s.eval_members, s.eval_nonmembers)
     lab_in, lab_out = run.output("members_labels"), run.output("nonmembers_labels")
     raw_in, raw_out = run.output("members"), run.output("nonmembers")
     without = attack_metrics(_scores(mim0, raw_in[rows_in], lab_in[rows_in]),

@@ -8,7 +8,7 @@ import time
 from typing import Callable, Dict, Optional
 
 from ..attacks import Attack, MetricAttack, NNAttack
-from ..pipeline import RunDir, _rows
+from ..pipeline import RunDir, record_positions
 
 ATTACKS: Dict[str, Callable[[int, int, str], Attack]] = {
     "correctness": lambda epochs, seed, device: MetricAttack("correctness"),
@@ -26,8 +26,8 @@ def evaluate_run(run_dir, *, attacks=None, epochs: int = 100, log: Optional[Call
     evaluation.json with, per attack, metrics for "none", "naive" and "aware"."""
     run = RunDir(run_dir)
     cfg, s = run.config(), run.splits()
-    known = _rows(run, s.adversary_members, s.adversary_nonmembers)
-    scored = _rows(run, s.eval_members, s.eval_nonmembers)
+    known = record_positions(run, s.adversary_members, s.adversary_nonmembers)
+    scored = record_positions(run, s.eval_members, s.eval_nonmembers)
     lab_in, lab_out = run.output("members_labels"), run.output("nonmembers_labels")
 
     def records(rows, suffix):
