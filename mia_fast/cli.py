@@ -258,12 +258,14 @@ def train_attack_cmd(run_dir):
 @click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1), help="Epochs of the NN attacks.")
 @_one_line_errors
 def evaluate(run_dir, attacks, epochs):
-    """Attack a demo run without the defense, naively against AEPPT, and defense-aware; writes evaluation.json."""
+    """Attack a demo run without the defense, naively against AEPPT, and defense-aware; writes a report
+    (evaluation.md with ROC and per-class figures) and evaluation.json."""
     from .evaluation.battery import evaluate_run, format_evaluation
 
     names = [a.strip() for a in attacks.split(",")] if attacks else None
     ev = evaluate_run(run_dir, attacks=names, epochs=epochs, log=lambda m: click.echo(m, err=True))
     click.echo(format_evaluation(ev))
+    click.echo(f"report: {Path(run_dir) / 'evaluation.md'} (roc.png, per_class_cdf.png; numbers in evaluation.json)")
 
 
 @main.group()

@@ -46,6 +46,10 @@ def test_evaluate_runs_the_battery_naive_and_defense_aware(tmp_path):
     r = CliRunner().invoke(main, ["evaluate", str(run), "--attacks", "correctness,confidence,mim0", "--epochs", "3"])
     assert r.exit_code == 0, r.output
     assert "AEPPT, aware" in r.output and "confidence" in r.output
+    for name in ["evaluation.md", "roc.png", "per_class_cdf.png"]:
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    assert (run / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| mim0 | AEPPT, defense-aware |" in (run / "evaluation.md").read_text()
     ev = json.loads((run / "evaluation.json").read_text())
     assert set(ev["attacks"]) == {"correctness", "confidence", "mim0"}
     for attack in ev["attacks"].values():

@@ -9,6 +9,7 @@ from typing import Callable, Dict, Optional
 
 from ..attacks import Attack, MetricAttack, NNAttack
 from ..pipeline import RunDir, record_positions
+from .metrics import per_class_metrics
 
 ATTACKS: Dict[str, Callable[[int, int, str], Attack]] = {
     "correctness": lambda epochs, seed, device: MetricAttack("correctness"),
@@ -37,20 +38,30 @@ def evaluate_run(run_dir, *, attacks=None, epochs: int = 100, log: Optional[Call
 
     raw_known, def_known = records(known, ""), records(known, "_defended")
     raw_scored, def_scored = records(scored, ""), records(scored, "_defended")
-    results = {}
+    results, scores = {}, {}
     for name in attacks or list(ATTACKS):
         if name not in ATTACKS:
             raise ValueError(f"unknown attack {name!r}; known: {', '.join(ATTACKS)}")
         started = time.perf_counter()
         make = lambda: ATTACKS[name](epochs, cfg.seed + 2, cfg.device)  # noqa: E731
-        naive = make().fit(*raw_known)
-        results[name] = {"none": naive.evaluate(*raw_scored), "naive": naive.evaluate(*def_scored),
-                         "aware": make().fit(*def_known).evaluate(*def_scored)}
+        naive, aware = make().fit(*raw_known), make().fit(*def_known)
+        results[name], scores[name] = {}, {}
+        for setting, attack, recs in [("none", naive, raw_scored), ("naive", naive, def_scored),
+                                      ("aware", aware, def_scored)]:
+            s_in, s_out = attack.score(recs[0], recs[1]), attack.score(recs[2], recs[3])
+            results[name][setting] = attack.evaluate(*recs)
+            results[name][setting]["per_class_accuracy"] = {
+                c: m["accuracy"] for c, m in per_class_metrics(s_in, recs[1].numpy(), s_out, recs[3].numpy(),
+                                                               threshold=attack.threshold).items()}
+            scores[name][setting] = (s_in, s_out)
         if log:
             log(f"{name}: {time.perf_counter() - started:.1f} s")
     out = {"dataset": cfg.dataset, "eps": cfg.step_size(), "scored_members": len(s.eval_members),
            "scored_nonmembers": len(s.eval_nonmembers), "attacks": results}
     run.write_json("evaluation.json", out)
+    from .report import write_report
+
+    write_report(run.path, out, scores)
     return out
 
 
