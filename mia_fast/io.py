@@ -47,9 +47,16 @@ def as_tensor(array: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
     return array if isinstance(array, torch.Tensor) else torch.from_numpy(np.array(array))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed."""
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` (with the permissions a
+    plain open() would give), on error it is removed."""
     path = Path(path)
     if path.parent and not path.parent.exists():
         raise InputError(f"output {path}: directory {path.parent} does not exist")
@@ -57,6 +64,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

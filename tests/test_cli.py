@@ -48,6 +48,18 @@ def test_defend_streams_and_writes_the_output(files, suffix):
     assert np.array_equal(adv, second)
 
 
+def test_outputs_get_ordinary_permissions(files):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        out = files / "perm.npy"
+        assert _defend(files, files / "nonmembers.npy", out).exit_code == 0
+        assert (out.stat().st_mode & 0o777) == 0o644
+    finally:
+        os.umask(old)
+
+
 def _write(path, array):
     if path.suffix == ".npy":
         np.save(path, array)
