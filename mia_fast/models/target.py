@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch  # noqa: F401  (the doctests use it)
 from torch import nn
 
 

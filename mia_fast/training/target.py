@@ -1,7 +1,6 @@
 """Training target classifiers (Xue et al., sec. 5.2: cross-entropy, Adam, lr 1e-4, 100 epochs)."""
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from torch import nn
