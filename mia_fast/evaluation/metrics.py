@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, precision_score, recall_score, roc_auc_score, roc_curve
+
+# scikit-learn is imported inside the functions: importing it costs ~1.5 s, which every CLI call would pay.
 
 
 def tpr_at_fpr(member_scores, nonmember_scores, fpr: float) -> float:
     """Largest true-positive rate at a false-positive rate <= ``fpr`` (threshold-free, from the ROC)."""
+    from sklearn.metrics import roc_curve
+
     truth = np.concatenate([np.ones(len(member_scores)), np.zeros(len(nonmember_scores))])
     f, t, _ = roc_curve(truth, np.concatenate([member_scores, nonmember_scores]))
     return float(t[f <= fpr].max()) if np.any(f <= fpr) else 0.0
@@ -24,6 +27,8 @@ def attack_metrics(member_scores, nonmember_scores, *, threshold: float = 0.5) -
     >>> round(m["accuracy"], 3), round(m["precision"], 3), round(m["recall"], 3), round(m["advantage"], 3)
     (0.667, 0.667, 0.667, 0.333)
     """
+    from sklearn.metrics import accuracy_score, precision_score, recall_score, roc_auc_score
+
     s_in, s_out = np.asarray(member_scores, dtype=np.float64), np.asarray(nonmember_scores, dtype=np.float64)
     truth = np.concatenate([np.ones(len(s_in)), np.zeros(len(s_out))])
     scores = np.concatenate([s_in, s_out])
