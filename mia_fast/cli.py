@@ -130,8 +130,8 @@ def defend(predictions, mim, run_dir, eps, iters, batch, out, device, seed, pres
             tmp.write_text(json.dumps(summary, indent=2))
 
 
-def _labels(path, n, what):
-    return as_tensor(load_array(path, what=what)).reshape(-1) if path else None
+def _labels(path, what):
+    return as_tensor(load_array(path, what=what)).reshape(-1)
 
 
 @main.command("train-substitute")
@@ -155,8 +155,8 @@ def train_substitute_cmd(members, member_labels, nonmembers, nonmember_labels, o
         if not t.is_floating_point():
             raise InputError(f"{what} {path}: expected float probabilities, got dtype {t.dtype}")
         arrays.append(t.float())
-    m_lab = _labels(member_labels, len(arrays[0]), "member labels")
-    n_lab = _labels(nonmember_labels, len(arrays[1]), "non-member labels")
+    m_lab = _labels(member_labels, "member labels")
+    n_lab = _labels(nonmember_labels, "non-member labels")
     model, history = train_substitute(arrays[0], m_lab, arrays[1], n_lab, epochs=epochs, lr=lr, batch_size=batch_size,
                                       seed=seed, device=device, progress=sys.stderr.isatty())
     meta = {"num_classes": model.num_classes, "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,

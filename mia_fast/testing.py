@@ -37,3 +37,13 @@ def aeppt_case(classes: int, batch: int, iters: int, seed: int, *, eps: float = 
     probs = random_probs(batch, classes, g)
     steps = torch.rand(iters, batch, generator=g) * eps
     return probs, weights, steps
+
+
+def membership_records(n: int, seed: int, *, classes: int = 10, member_sharpness: float = 4.0,
+                       nonmember_sharpness: float = 1.5):
+    """Synthetic (member probs, labels, non-member probs, labels): members are predicted more confidently,
+    as by an overfit target. Labels are the argmax."""
+    g = torch.Generator().manual_seed(seed)
+    members = random_probs(n, classes, g, sharpness=member_sharpness)
+    nonmembers = random_probs(n, classes, g, sharpness=nonmember_sharpness)
+    return members, members.argmax(1), nonmembers, nonmembers.argmax(1)

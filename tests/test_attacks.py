@@ -6,14 +6,7 @@ import torch
 from mia_fast import aeppt, train_substitute
 from mia_fast.attacks import MetricAttack, NNAttack, metric_scores
 from mia_fast.evaluation import attack_metrics, per_class_metrics, tpr_at_fpr
-from mia_fast.testing import random_probs
-
-
-def _records(n, seed, *, member_sharpness=4.0, nonmember_sharpness=1.5):
-    g = torch.Generator().manual_seed(seed)
-    m = random_probs(n, 10, g, sharpness=member_sharpness)
-    o = random_probs(n, 10, g, sharpness=nonmember_sharpness)
-    return m, m.argmax(1), o, o.argmax(1)
+from mia_fast.testing import membership_records
 
 
 def test_metric_scores_match_their_definitions():
@@ -30,22 +23,22 @@ def test_metric_scores_match_their_definitions():
 
 @pytest.mark.parametrize("metric", ["confidence", "entropy", "modified_entropy"])
 def test_metric_attacks_find_a_confidence_gap_and_not_its_absence(metric):
-    fit, test = _records(800, 0), _records(800, 1)
+    fit, test = membership_records(800, 0), membership_records(800, 1)
     leak = MetricAttack(metric).fit(*fit).evaluate(*test)
     assert leak["accuracy"] > 0.7 and leak["auc"] > 0.8  # measured: 0.77/0.84, 0.86/0.93, 0.73/0.82
-    same_fit, same_test = _records(800, 2, member_sharpness=2.0, nonmember_sharpness=2.0), _records(800, 3, member_sharpness=2.0, nonmember_sharpness=2.0)
+    same_fit, same_test = membership_records(800, 2, member_sharpness=2.0, nonmember_sharpness=2.0), membership_records(800, 3, member_sharpness=2.0, nonmember_sharpness=2.0)
     none = MetricAttack(metric).fit(*same_fit).evaluate(*same_test)
     assert 0.4 < none["accuracy"] < 0.6 and 0.4 < none["auc"] < 0.6
 
 
 @pytest.mark.parametrize("kind", ["mim0", "mim1", "mim2"])
 def test_nn_attacks_learn_membership(kind):
-    attack = NNAttack(kind, epochs=15).fit(*_records(600, 4))
-    res = attack.evaluate(*_records(600, 5))
+    attack = NNAttack(kind, epochs=15).fit(*membership_records(600, 4))
+    res = attack.evaluate(*membership_records(600, 5))
     assert res["accuracy"] > 0.75, res
     assert "kind='" + kind in repr(attack)
     with pytest.raises(RuntimeError, match="not fitted"):
-        NNAttack(kind).score(*_records(2, 6)[:2])
+        NNAttack(kind).score(*membership_records(2, 6)[:2])
 
 
 def test_threshold_free_metrics():
@@ -63,7 +56,7 @@ def test_threshold_free_metrics():
 def test_a_recalibrated_attacker_sees_through_a_naive_evaluation():
     """Defense-aware calibration (the paper's threat model gives the attacker the algorithm): a metric
     attack fitted on defended outputs of its own records, against one fitted on undefended outputs."""
-    defender, _ = train_substitute(*_records(1500, 10), epochs=15, seed=1, progress=False)
+    defender, _ = train_substitute(*membership_records(1500, 10), epochs=15, seed=1, progress=False)
     gen = torch.Generator().manual_seed(0)
 
     def defended(records):
@@ -71,7 +64,7 @@ def test_a_recalibrated_attacker_sees_through_a_naive_evaluation():
         return (aeppt(m, defender, 3e-3, generator=gen).adversarial, ml,
                 aeppt(o, defender, 3e-3, generator=gen).adversarial, ol)
 
-    known, scored = _records(800, 11), defended(_records(800, 12))
+    known, scored = membership_records(800, 11), defended(membership_records(800, 12))
     naive = MetricAttack("confidence").fit(*known).evaluate(*scored)
     aware = MetricAttack("confidence").fit(*defended(known)).evaluate(*scored)
     assert naive["accuracy"] < aware["accuracy"]

@@ -9,20 +9,12 @@ import mia_fast
 from mia_fast import AEPPTDefense, SubstituteMIM, aeppt, train_substitute
 from mia_fast.checkpoint import load_substitute, save_substitute
 from mia_fast.errors import CheckpointError, InputError
-from mia_fast.testing import devices, random_probs
-
-
-def _synthetic_records(n, classes, seed):
-    """Members are predicted more confidently than non-members, as overfit target models do."""
-    g = torch.Generator().manual_seed(seed)
-    members = random_probs(n, classes, g, sharpness=4.0)
-    nonmembers = random_probs(n, classes, g, sharpness=1.5)
-    return members, members.argmax(1), nonmembers, nonmembers.argmax(1)
+from mia_fast.testing import devices, membership_records, random_probs
 
 
 @pytest.fixture(scope="module")
 def trained_mim():
-    model, history = train_substitute(*_synthetic_records(1000, 10, seed=0), epochs=15, seed=0, progress=False)
+    model, history = train_substitute(*membership_records(1000, 0, classes=10), epochs=15, seed=0, progress=False)
     return model, history
 
 
@@ -111,10 +103,10 @@ class Exploit:
 def test_end_to_end_defense_brings_an_independent_attacker_to_chance():
     """A MIM the defender never saw (other seed, other data) drops to ~50% accuracy with AEPPT on,
     and stays well above it with AEPPT off: fails if the defense is silently disabled."""
-    defender, _ = train_substitute(*_synthetic_records(1500, 10, seed=10), epochs=15, seed=1, progress=False)
-    attacker, _ = train_substitute(*_synthetic_records(1500, 10, seed=20), epochs=15, seed=2, progress=False,
+    defender, _ = train_substitute(*membership_records(1500, 10, classes=10), epochs=15, seed=1, progress=False)
+    attacker, _ = train_substitute(*membership_records(1500, 20, classes=10), epochs=15, seed=2, progress=False,
                                    model=SubstituteMIM(10, hidden=128, connection_hidden=32))
-    members, m_lab, nonmembers, n_lab = _synthetic_records(1000, 10, seed=30)
+    members, m_lab, nonmembers, n_lab = membership_records(1000, 30, classes=10)
 
     def attack_accuracy(mem, non):
         with torch.no_grad():

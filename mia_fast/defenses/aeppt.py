@@ -166,10 +166,7 @@ class AEPPTDefense(nn.Module):
         if self.check_inputs and not torch.compiler.is_compiling():
             check_probabilities(probs, num_classes=self.folded.num_classes, name="probs")
         x = probs.detach().to(torch.float32).contiguous()
-        if self.generator is None:
-            steps = torch.rand(self.iters, x.shape[0], device=x.device) * self.eps
-        else:
-            steps = draw_steps(self.iters, x.shape[0], self.eps, generator=self.generator, device=x.device)
+        steps = draw_steps(self.iters, x.shape[0], self.eps, generator=self.generator, device=x.device)
         adv, _, _ = ops.aeppt(x, *self.folded.weights(), steps, self.preserve_label, self.stop_when_flipped,
                               self.renormalize)
         return adv.to(probs.dtype)
