@@ -251,21 +251,123 @@ def train_attack_cmd(run_dir):
     stage_attack(run, run.config(), log=click.echo, progress=sys.stderr.isatty())
 
 
+def _attacker_options(fn):
+    for option in reversed([
+        click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1),
+                     help="Epochs of the neural-network attacks."),
+        click.option("--shadows", default=8, show_default=True, type=click.IntRange(min=0),
+                     help="Shadow models (LiRA, Shokri, metric thresholds, aware calibration)."),
+        click.option("--queries", default=8, show_default=True, type=click.IntRange(min=1),
+                     help="Repeated queries of the averaging attack."),
+        click.option("--noisy-copies", default=20, show_default=True, type=click.IntRange(min=1),
+                     help="Noisy queries per record of the robustness attack."),
+        click.option("--noise", type=click.FloatRange(min=0), help="Noise of the robustness attack (bit-flip "
+                     "probability for binary features, Gaussian sigma otherwise); default 0.02 / 0.05."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _options(kwargs):
+    from .evaluation.battery import Options
+
+    return Options(epochs=kwargs["epochs"], shadows=kwargs["shadows"], queries=kwargs["queries"],
+                   noisy_copies=kwargs["noisy_copies"], noise=kwargs["noise"])
+
+
+def _attack_names(text):
+    from .evaluation.battery import ATTACKS
+
+    names = [a.strip() for a in text.split(",") if a.strip()] if text else list(ATTACKS)
+    unknown = [n for n in names if n not in ATTACKS]
+    if unknown:
+        raise InputError(f"--attacks: unknown attack {unknown[0]!r}; known: {', '.join(ATTACKS)}")
+    return names
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--attacks", default=None, help="Comma-separated subset of: correctness, confidence, entropy, "
-              "modified_entropy, mim0, mim1, mim2 (default: all).")
-@click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1), help="Epochs of the NN attacks.")
+@click.option("--attacks", default=None, help="Comma-separated subset of the attacks (default: all; see "
+              "`mia-fast attack --help`).")
+@click.option("--no-adaptive", is_flag=True, help="Skip the adaptive attacks (flip, rounding, adversarial "
+              "training, averaging).")
+@click.option("--no-sweep", is_flag=True, help="Skip the step-size sweep and the loss-curve figure.")
+@_attacker_options
 @_one_line_errors
-def evaluate(run_dir, attacks, epochs):
-    """Attack a demo run without the defense, naively against AEPPT, and defense-aware; writes a report
-    (evaluation.md with ROC and per-class figures) and evaluation.json."""
+def evaluate(run_dir, attacks, no_adaptive, no_sweep, **kwargs):
+    """Attack a demo run without the defense, naively against AEPPT, and defense-aware; adaptive attacks,
+    step-size sweep; writes evaluation.json, evaluation.md, a self-contained evaluation.html and PNG figures."""
     from .evaluation.battery import evaluate_run, format_evaluation
 
-    names = [a.strip() for a in attacks.split(",")] if attacks else None
-    ev = evaluate_run(run_dir, attacks=names, epochs=epochs, log=lambda m: click.echo(m, err=True))
+    ev = evaluate_run(run_dir, attacks=_attack_names(attacks), adaptive=not no_adaptive, sweep=not no_sweep,
+                      options=_options(kwargs), log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty())
     click.echo(format_evaluation(ev))
-    click.echo(f"report: {Path(run_dir) / 'evaluation.md'} (roc.png, per_class_cdf.png; numbers in evaluation.json)")
+    click.echo(f"report: {Path(run_dir) / 'evaluation.html'} and evaluation.md ({ev['seconds']:.0f} s; numbers in "
+               "evaluation.json)")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("name")
+@_attacker_options
+@click.option("--json-out", type=click.Path(dir_okay=False), help="Write the metrics as JSON.")
+@_one_line_errors
+def attack(run_dir, name, json_out, **kwargs):
+    """Run one attack NAME on a demo run, in the three settings (no defense, naive, defense-aware).
+
+    \b
+    gap               label-only: member iff correctly classified
+    confidence        true-class confidence, per-class thresholds from shadow models
+    entropy           prediction entropy, per-class thresholds from shadow models
+    modified_entropy  Song & Mittal's modified entropy, per-class thresholds
+    mim0, mim1, mim2  the paper's attack networks (sec. 5.2, Table 6)
+    mim3              MIM0 with non-members from another distribution
+    shokri            per-class attack networks trained on shadow models
+    lira              offline LiRA (per-record Gaussians from shadow models)
+    robustness        label-only: share of noisy queries still labelled correctly
+    """
+    from .evaluation.battery import Battery, run_attack
+
+    if len(_attack_names(name)) != 1:
+        raise InputError(f"NAME: one attack, got {name!r} (evaluate runs several)")
+    results, _, _ = run_attack(Battery(run_dir, _options(kwargs), log=lambda m: click.echo(m, err=True),
+                                       progress=sys.stderr.isatty()), name)
+    for metrics in results.values():
+        for key in [k for k in metrics if k.startswith("per_class_")]:
+            del metrics[key]
+    click.echo(f"{'':10s}{'accuracy':>10s}{'precision':>11s}{'recall':>8s}{'AUC':>8s}{'TPR@1%FPR':>11s}")
+    for setting, m in results.items():
+        click.echo(f"{setting:10s}{m['accuracy']:10.3f}{m['precision']:11.3f}{m['recall']:8.3f}{m['auc']:8.3f}"
+                   f"{m['tpr_at_1%_fpr']:11.3f}")
+    if json_out:
+        with atomic_path(Path(json_out)) as tmp:
+            tmp.write_text(json.dumps({"attack": name, "run": str(run_dir), **results}, indent=2))
+
+
+@main.command()
+@click.argument("experiment", type=click.Choice(["table2", "step-size", "adversary", "mims", "adaptive"]))
+@_experiment_options
+@click.option("--run-dir", default=None, type=click.Path(file_okay=False),
+              help="Default: runs/DATASET-seedSEED-EXPERIMENT (or -2, -3, ... if taken).")
+@click.option("--force", is_flag=True, help="Overwrite an existing run directory.")
+@click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Epochs of the neural-network attacks.")
+@click.option("--queries", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Repeated queries of the averaging attack (adaptive).")
+@_one_line_errors
+def reproduce(experiment, run_dir, force, epochs, queries, **kwargs):
+    """Run a named experiment of the AEPPT paper and print it beside the paper's numbers (CIFAR-100,
+    Purchase-100): table2, step-size (Tables 3-4), adversary (Fig. 7), mims (Tables 6-7), adaptive (Table 8)."""
+    from .evaluation.battery import Options
+    from .evaluation.reproduce import reproduce as run_experiment
+
+    cfg = _config(kwargs)
+    path = (_fresh_run_dir(run_dir, force) if run_dir
+            else _next_free(Path("runs") / f"{cfg.dataset}-seed{cfg.seed}-{experiment}"))
+    lines, _ = run_experiment(experiment, cfg, path, options=Options(epochs=epochs, queries=queries),
+                              log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty())
+    click.echo("\n".join(lines))
+    click.echo(f"run directory: {path} (reproduce-{experiment}.json)")
 
 
 @main.group()

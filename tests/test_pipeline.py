@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from mia_fast.cli import main
+from mia_fast.evaluation.battery import ADAPTIVE, ATTACKS
 from mia_fast.pipeline import Config, RunDir, format_results, run_demo
 
 SHARED_LOCATION = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "location"
@@ -39,26 +40,46 @@ def test_default_run_directory_never_overwrites(tmp_path, monkeypatch):
         assert f"run directory: {expected}" in r.output and (tmp_path / expected / "results.json").is_file()
 
 
-def test_evaluate_runs_the_battery_naive_and_defense_aware(tmp_path):
+def test_evaluate_runs_the_whole_battery_and_writes_the_report(tmp_path):
     run = tmp_path / "run"
     assert CliRunner().invoke(main, ["demo", "--run-dir", str(run), "--target-epochs", "30", "--mim-epochs", "5",
                                      "--iters", "20"]).exit_code == 0
-    r = CliRunner().invoke(main, ["evaluate", str(run), "--attacks", "correctness,confidence,mim0", "--epochs", "3"])
+    small = ["--epochs", "3", "--shadows", "2", "--queries", "2", "--noisy-copies", "4"]
+    r = CliRunner().invoke(main, ["evaluate", str(run), *small])
     assert r.exit_code == 0, r.output
-    assert "AEPPT, aware" in r.output and "confidence" in r.output
-    for name in ["evaluation.md", "roc.png", "per_class_cdf.png"]:
+    assert "AEPPT, aware" in r.output and "lira" in r.output and "averaging" in r.output
+    figures = ["roc.png", "per_class_cdf.png", "step_size.png", "attacker_loss.png"]
+    for name in ["evaluation.md", "evaluation.html", *figures]:
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
-    assert (run / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| mim0 | AEPPT, defense-aware |" in (run / "evaluation.md").read_text()
+        if name.endswith(".png"):
+            assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (run / "evaluation.html").read_text()
+    assert page.count('src="data:image/png;base64,') == len(figures) and 'src="' + 'roc.png' not in page
+    assert "| lira | AEPPT, defense-aware |" in (run / "evaluation.md").read_text()
     ev = json.loads((run / "evaluation.json").read_text())
-    assert set(ev["attacks"]) == {"correctness", "confidence", "mim0"}
+    assert set(ev["attacks"]) == set(ATTACKS) and set(ev["adaptive"]) == set(ADAPTIVE)
     for attack in ev["attacks"].values():
         assert set(attack) == {"none", "naive", "aware"} and 0 <= attack["aware"]["accuracy"] <= 1
-    # correctness reads only labels, which AEPPT keeps: it cannot be fooled (label flips aside)
-    c = ev["attacks"]["correctness"]
-    assert abs(c["none"]["accuracy"] - c["aware"]["accuracy"]) <= 0.05
-    bad = CliRunner().invoke(main, ["evaluate", str(run), "--attacks", "lira"])
-    assert bad.exit_code != 0 and "unknown attack 'lira'" in bad.output
+        assert len(attack["none"]["per_class_recall"]) == 10
+    # the gap attack reads only labels, which AEPPT keeps: it cannot be fooled (label flips aside)
+    gap = ev["attacks"]["gap"]
+    assert abs(gap["none"]["accuracy"] - gap["aware"]["accuracy"]) <= 0.05
+    # the flip attack inverts the naive MIM0's decisions on the same defended outputs
+    assert ev["adaptive"]["flip"]["accuracy"] == pytest.approx(1 - ev["attacks"]["mim0"]["naive"]["accuracy"],
+                                                               abs=0.011)
+    # eps = 0 leaves the outputs alone: the sweep's first row is the undefended MIM0
+    first = ev["step_size_sweep"][0]
+    assert first["eps"] == 0 and first["mean_l1"] == 0
+    assert first["mim0_accuracy"] == ev["attacks"]["mim0"]["none"]["accuracy"]
+    assert ev["attacker_loss"]["iteration"][0] == 0 and ev["attacker_loss"]["iteration"][-1] == 20
+
+    out = tmp_path / "lira.json"
+    r = CliRunner().invoke(main, ["attack", str(run), "lira", *small, "--json-out", str(out)])
+    assert r.exit_code == 0 and "aware" in r.output, r.output
+    assert json.loads(out.read_text())["aware"]["auc"] == pytest.approx(ev["attacks"]["lira"]["aware"]["auc"])
+    for args in (["evaluate", str(run), "--attacks", "mim0,nope"], ["attack", str(run), "nope"]):
+        bad = CliRunner().invoke(main, args)
+        assert bad.exit_code != 0 and "unknown attack 'nope'" in bad.output and len(bad.output.splitlines()) == 1
 
 
 def test_stage_commands_share_a_run_directory(tmp_path):

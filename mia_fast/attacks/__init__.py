@@ -1,6 +1,12 @@
 """Membership-inference attacks, each with fit / score / infer."""
+from .adaptive import Flipped, Rounded
 from .base import Attack
+from .label_only import RobustnessAttack, noisy_copies, query_labels
+from .lira import LiRAOffline, scaled_confidence
 from .metric import MetricAttack, metric_scores
-from .nn import FullyConnectedMIM, NNAttack
+from .nn import FullyConnectedMIM, NNAttack, PerClassMLP
+from .shadow import ShadowModels, shadow_records, train_shadow_models
 
-__all__ = ["Attack", "MetricAttack", "metric_scores", "NNAttack", "FullyConnectedMIM"]
+__all__ = ["Attack", "MetricAttack", "metric_scores", "NNAttack", "FullyConnectedMIM", "PerClassMLP", "LiRAOffline",
+           "scaled_confidence", "RobustnessAttack", "noisy_copies", "query_labels", "Flipped", "Rounded",
+           "ShadowModels", "shadow_records", "train_shadow_models"]

@@ -1,6 +1,9 @@
-"""The evaluation report: evaluation.md beside evaluation.json, with two figures (PNG)."""
+"""The evaluation report: evaluation.md and a self-contained evaluation.html (figures embedded) beside
+evaluation.json, with the figures as PNG files."""
 from __future__ import annotations
 
+import base64
+import html
 from pathlib import Path
 
 import matplotlib
@@ -12,7 +15,11 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from ..io import atomic_path  # noqa: E402
 
-SETTINGS = [("none", "no defense", "-"), ("naive", "AEPPT, naive attacker", ":"), ("aware", "AEPPT, defense-aware", "--")]
+SETTINGS = [("none", "no defense", "-"), ("naive", "AEPPT, naive attacker", ":"),
+            ("aware", "AEPPT, defense-aware", "--")]
+FIGURES = {"roc.png": "ROC curves (log-log)", "per_class_cdf.png": "Per-class accuracy, precision, recall (CDF)",
+           "step_size.png": "Step-size sweep (Tables 3-4)",
+           "attacker_loss.png": "Adversary's loss during generation (Fig. 5)"}
 
 
 def _save(fig, path: Path) -> None:
@@ -25,60 +32,149 @@ def roc_figure(scores: dict, path: Path, title: str) -> None:
     """ROC curves on log-log axes (low false-positive rates matter for MIA), one panel per setting."""
     fig, axes = plt.subplots(1, len(SETTINGS), figsize=(13, 4.3), sharey=True)
     for ax, (setting, label, _) in zip(axes, SETTINGS):
-        for name, by_setting in scores.items():
+        for i, (name, by_setting) in enumerate(scores.items()):
             s_in, s_out = by_setting[setting]
             fpr, tpr, _ = roc_curve(np.r_[np.ones(len(s_in)), np.zeros(len(s_out))], np.r_[s_in, s_out])
-            ax.plot(np.maximum(fpr, 1e-4), np.maximum(tpr, 1e-4), lw=1.3, label=name)
+            ax.plot(np.maximum(fpr, 1e-4), np.maximum(tpr, 1e-4), lw=1.3, label=name, color=plt.cm.tab20(i % 20),
+                    linestyle="-" if i < 10 else "--")
         ax.plot([1e-4, 1], [1e-4, 1], color="grey", lw=0.8)
         ax.set(xscale="log", yscale="log", xlim=(1e-3, 1), ylim=(1e-3, 1), xlabel="false positive rate", title=label)
     axes[0].set_ylabel("true positive rate")
-    axes[-1].legend(fontsize=8, loc="lower right")
+    axes[-1].legend(fontsize=7, loc="lower right", ncol=2)
     fig.suptitle(title)
     _save(fig, path)
 
 
 def per_class_cdf_figure(evaluation: dict, attack: str, path: Path, title: str) -> None:
-    """Empirical CDF over classes of the attack's per-class inference accuracy (the paper's Fig. 4/7/8)."""
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    for setting, label, style in SETTINGS:
-        acc = np.sort(list(evaluation["attacks"][attack][setting]["per_class_accuracy"].values()))
-        if len(acc):
-            ax.step(acc, np.arange(1, len(acc) + 1) / len(acc), style, where="post", label=label)
-    ax.axvline(0.5, color="grey", lw=0.8)
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=f"{attack} inference accuracy per class", ylabel="fraction of classes",
-           title=title)
-    ax.legend(fontsize=8)
+    """Empirical CDF over classes of the attack's per-class accuracy, precision and recall (Fig. 4/7/8)."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
+    for ax, metric in zip(axes, ("accuracy", "precision", "recall")):
+        for setting, label, style in SETTINGS:
+            values = np.sort(list(evaluation["attacks"][attack][setting][f"per_class_{metric}"].values()))
+            if len(values):
+                ax.step(values, np.arange(1, len(values) + 1) / len(values), style, where="post", label=label)
+        ax.axvline(0.5, color="grey", lw=0.8)
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=f"{attack} {metric} per class")
+    axes[0].set_ylabel("fraction of classes")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
     _save(fig, path)
 
 
+def step_size_figure(rows: list, path: Path, title: str) -> None:
+    eps = [r["eps"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    left.plot(eps, [r["mean_l1"] for r in rows], "o-")
+    left.set(xlabel="step size eps", ylabel="mean L1 perturbation")
+    right.plot(eps, [r["mim0_accuracy"] for r in rows], "o-", label="MIM0 (naive) accuracy")
+    right.plot(eps, [r["mim0_auc_leak"] for r in rows], "o:", label="MIM0 (naive) AUC leak")
+    right.plot(eps, [r["aware_confidence_accuracy"] for r in rows], "s--", label="confidence (aware) accuracy")
+    right.axhline(0.5, color="grey", lw=0.8)
+    right.set(xlabel="step size eps", ylabel="inference accuracy / AUC", ylim=(0.3, 1.0))
+    right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def attacker_loss_figure(curve: dict, path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    ax.plot(curve["iteration"], curve["loss"], "o-", ms=3)
+    ax.set(xlabel="iteration of Algorithm 1", ylabel="adversary's MIM0 loss (BCE)", title=title)
+    _save(fig, path)
+
+
+def _pct(v) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def _tables(ev: dict) -> list:
+    """(heading, intro, header, rows) of every table in the report."""
+    metric_cols = ["accuracy", "precision", "recall", "auc", "advantage", "tpr_at_1%_fpr", "tpr_at_0.1%_fpr"]
+    header = ["attack", "setting", "accuracy", "precision", "recall", "AUC", "advantage", "TPR @ 1% FPR",
+              "TPR @ 0.1% FPR"]
+    fmt = lambda m: [f"{m[c]:.3f}" for c in metric_cols]  # noqa: E731
+    rows = [[name, label, *fmt(by[setting])] for name, by in ev["attacks"].items() for setting, label, _ in SETTINGS]
+    tables = [("Attacks", "Scored on records the attacker did not know. \"naive\": fitted on undefended data (the "
+               "paper's adversary); \"defense-aware\": fitted on defended data (the deployed answers for its known "
+               "records, or its shadow outputs defended with its own substitute). An AUC below 0.5 is leakage too.",
+               header, rows)]
+    if "defense" in ev:
+        d = ev["defense"]
+        t, p = d["target"], d["perturbation"]
+        tables.append(("Target model and perturbation (Table 2)", "", ["", "without defense", "with AEPPT"], [
+            ["train accuracy", _pct(t["train_accuracy"]["without"]), _pct(t["train_accuracy"]["with"])],
+            ["test accuracy", _pct(t["test_accuracy"]["without"]), _pct(t["test_accuracy"]["with"])],
+            ["mean L1 perturbation", "-", f"{p['mean_l1']:.4f}"], ["label flips", "-", str(p["label_flips"])]]))
+    if "adaptive" in ev:
+        tables.append(("Adaptive attacks on AEPPT (sec. 5.8, Table 8)",
+                       "MIM0 in every case; scored on defended outputs.",
+                       ["attack", *header[2:]], [[name, *fmt(m)] for name, m in ev["adaptive"].items()]))
+    if "step_size_sweep" in ev:
+        tables.append(("Step-size sweep (Tables 3-4)", "",
+                       ["eps", "mean L1", "MIM0 accuracy", "MIM0 precision", "MIM0 recall", "MIM0 AUC leak",
+                        "aware confidence accuracy"],
+                       [[f"{r['eps']:.3g}", f"{r['mean_l1']:.4f}", _pct(r["mim0_accuracy"]), _pct(r["mim0_precision"]),
+                         _pct(r["mim0_recall"]), _pct(r["mim0_auc_leak"]), _pct(r["aware_confidence_accuracy"])]
+                        for r in ev["step_size_sweep"]]))
+    return tables
+
+
+def _markdown(ev: dict, figures: list) -> str:
+    out = [f"# Membership-inference evaluation: {ev['dataset']}", "",
+           f"AEPPT eps = {ev['eps']:g}, T = {ev['iters']}; the attacker knows {ev['known_members']} members and "
+           f"{ev['known_nonmembers']} non-members; scored on {ev['scored_members']} + {ev['scored_nonmembers']} "
+           "others."]
+    for heading, intro, header, rows in _tables(ev):
+        out += ["", f"## {heading}", ""] + ([intro, ""] if intro else [])
+        out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(r) + " |" for r in rows]
+    out += ["", "## Figures", ""] + [f"![{FIGURES[f]}]({f})\n" for f in figures]
+    out += ["Attacks: " + "; ".join(f"**{k}**: {v}" for k, v in ev["descriptions"].items()) + ".", "",
+            "Every number: evaluation.json."]
+    return "\n".join(out) + "\n"
+
+
+def _html(ev: dict, figures: list, run_dir: Path) -> str:
+    e = html.escape
+    body = [f"<h1>Membership-inference evaluation: {e(ev['dataset'])}</h1>",
+            f"<p>AEPPT eps = {ev['eps']:g}, T = {ev['iters']}; the attacker knows {ev['known_members']} members and "
+            f"{ev['known_nonmembers']} non-members; scored on {ev['scored_members']} + {ev['scored_nonmembers']} "
+            "others.</p>"]
+    for heading, intro, header, rows in _tables(ev):
+        body += [f"<h2>{e(heading)}</h2>"] + ([f"<p>{e(intro)}</p>"] if intro else [])
+        body.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>" + "".join(
+            "<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
+    body.append("<h2>Figures</h2>")
+    for f in figures:
+        data = base64.b64encode((run_dir / f).read_bytes()).decode("ascii")
+        body.append(f"<figure><img alt=\"{e(FIGURES[f])}\" src=\"data:image/png;base64,{data}\">"
+                    f"<figcaption>{e(FIGURES[f])}</figcaption></figure>")
+    body.append("<ul>" + "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in ev["descriptions"].items()) + "</ul>")
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}img{max-width:100%}")
+    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>mia-fast: {e(ev['dataset'])}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+
+
 def write_report(run_dir, evaluation: dict, scores: dict) -> None:
+    """Figures (PNG), evaluation.md and a self-contained evaluation.html in ``run_dir``."""
     run_dir = Path(run_dir)
     name = evaluation["dataset"]
-    roc_figure(scores, run_dir / "roc.png", f"{name}: membership attacks (ROC, log-log)")
-    cdf_attack = "mim0" if "mim0" in evaluation["attacks"] else next(iter(evaluation["attacks"]))
-    per_class_cdf_figure(evaluation, cdf_attack, run_dir / "per_class_cdf.png", f"{name}: {cdf_attack} per class")
-    rows = ["| attack | setting | accuracy | precision | recall | AUC | advantage | TPR @ 1% FPR | TPR @ 0.1% FPR |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    for attack, by_setting in evaluation["attacks"].items():
-        for setting, label, _ in SETTINGS:
-            m = by_setting[setting]
-            rows.append(f"| {attack} | {label} | {m['accuracy']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} | "
-                        f"{m['auc']:.3f} | {m['advantage']:.3f} | {m['tpr_at_1%_fpr']:.3f} | {m['tpr_at_0.1%_fpr']:.3f} |")
-    text = "\n".join([
-        f"# Membership-inference evaluation: {name}",
-        "",
-        f"AEPPT eps = {evaluation['eps']:g}; scored on {evaluation['scored_members']} members and "
-        f"{evaluation['scored_nonmembers']} non-members the attacker did not know. \"naive\": the attack is fitted on "
-        "undefended outputs of its known records (the paper's adversary); \"defense-aware\": on the defended outputs "
-        "the deployed model returns for them. An AUC below 0.5 is leakage too (flip the score).",
-        "",
-        *rows,
-        "",
-        "![ROC curves](roc.png)",
-        "",
-        f"![Per-class {cdf_attack} accuracy](per_class_cdf.png)",
-        "",
-        "Numbers: evaluation.json.",
-    ])
+    figures = []
+    if scores:
+        roc_figure(scores, run_dir / "roc.png", f"{name}: membership attacks (ROC, log-log)")
+        cdf_attack = "mim0" if "mim0" in evaluation["attacks"] else next(iter(evaluation["attacks"]))
+        per_class_cdf_figure(evaluation, cdf_attack, run_dir / "per_class_cdf.png", f"{name}: {cdf_attack} per class")
+        figures += ["roc.png", "per_class_cdf.png"]
+    if "step_size_sweep" in evaluation:
+        step_size_figure(evaluation["step_size_sweep"], run_dir / "step_size.png", f"{name}: AEPPT step size")
+        attacker_loss_figure(evaluation["attacker_loss"], run_dir / "attacker_loss.png",
+                             f"{name}: adversary's loss during AEPPT")
+        figures += ["step_size.png", "attacker_loss.png"]
     with atomic_path(run_dir / "evaluation.md") as tmp:
-        tmp.write_text(text + "\n")
+        tmp.write_text(_markdown(evaluation, figures))
+    page = _html(evaluation, figures, run_dir)
+    with atomic_path(run_dir / "evaluation.html") as tmp:
+        tmp.write_text(page)

@@ -23,7 +23,8 @@ def folded_logit(probs: Tensor, labels: Tensor, w_pred: Tensor, b_pred: Tensor, 
 
 def aeppt_loop(probs: Tensor, logit_fn: Callable[[Tensor, Tensor], Tensor], steps: Tensor, *,
                preserve_label: bool = False, stop_when_flipped: bool = False,
-               renormalize: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+               renormalize: bool = False,
+               on_step: Optional[Callable[[int, Tensor], None]] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """Algorithm 1 of AEPPT with autograd, as a user would write it.
 
     y^ = one-hot(argmax f(x)); Y = 1[I'(f(x), y^) >= 0.5]; for t < T:
@@ -33,7 +34,9 @@ def aeppt_loop(probs: Tensor, logit_fn: Callable[[Tensor, Tensor], Tensor], step
     eps * U(0, 1) per iteration and sample. Options beyond the paper (all off by default):
     ``preserve_label`` rejects a sample's step when it would change its argmax; ``stop_when_flipped``
     freezes a sample from the first iteration at which 1[I' >= 0.5] != Y; ``renormalize`` divides the
-    final vector by its sum (uniform if the sum is 0). Returns (f_adv, I'(f(x)), I'(f_adv)).
+    final vector by its sum (uniform if the sum is 0). ``on_step(t, f_adv)``, if given, sees the state
+    before iteration t and once more (t = T) at the end, before renormalizing.
+    Returns (f_adv, I'(f(x)), I'(f_adv)).
     """
     labels = probs.argmax(1)
     with torch.no_grad():
@@ -42,6 +45,8 @@ def aeppt_loop(probs: Tensor, logit_fn: Callable[[Tensor, Tensor], Tensor], step
     adv = probs.detach().clone()
     active = torch.ones(probs.shape[0], dtype=torch.bool, device=probs.device)
     for t in range(steps.shape[0]):
+        if on_step is not None:
+            on_step(t, adv)
         x = adv.detach().requires_grad_(True)
         z = logit_fn(x, labels)
         if stop_when_flipped:
@@ -55,6 +60,8 @@ def aeppt_loop(probs: Tensor, logit_fn: Callable[[Tensor, Tensor], Tensor], step
         if preserve_label:
             new = torch.where((new.argmax(1) == labels)[:, None], new, adv)
         adv = new.detach()
+    if on_step is not None:
+        on_step(steps.shape[0], adv)
     if renormalize:
         total = adv.sum(1, keepdim=True)
         adv = torch.where(total > 0, adv / total.clamp_min(torch.finfo(adv.dtype).tiny),

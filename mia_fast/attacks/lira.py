@@ -1,0 +1,91 @@
+"""LiRA offline (Carlini et al., "Membership Inference Attacks From First Principles", S&P 2022, sec. IV-C).
+
+For each record, the attacker fits a Gaussian to the logit-scaled confidence of shadow models that were
+NOT trained on it, and asks how far into that distribution's upper tail the target's value lies.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .base import Attack
+from .metric import _best_threshold
+
+Tensor = torch.Tensor
+_TINY = 1e-30
+
+
+def scaled_confidence(probs: Tensor, labels: Tensor) -> Tensor:
+    """phi(p) = log p_y - log sum_{j != y} p_j, the logit of the true-class confidence (computed without
+    forming 1 - p_y, which rounds to 0 for confident predictions). Works on [..., n, C] with labels [n].
+
+    >>> round(float(scaled_confidence(torch.tensor([[0.75, 0.25]]), torch.tensor([0]))), 6)  # log 3
+    1.098612
+    """
+    p = probs.double().clamp(0, 1)
+    index = labels.long().expand(p.shape[:-1])[..., None]
+    py = p.gather(-1, index)[..., 0]
+    rest = p.sum(-1) - py
+    return torch.log(py.clamp_min(_TINY)) - torch.log(rest.clamp_min(_TINY))
+
+
+class LiRAOffline(Attack):
+    """Offline LiRA: score = Phi((phi_target - mu_out) / sigma_out) per record (higher = member).
+
+    ``score`` and ``fit`` take the shadow models' outputs on the same records as ``reference`` [K, n, C]
+    and, optionally, ``reference_mask`` [K, n] (True where shadow k did not train on record n; records
+    that trained a shadow must not count as its OUT samples). With few shadow models one variance for all
+    records is more stable than per-record ones (Carlini et al., sec. VI-A): ``global_variance=True``.
+    ``fit`` only picks the decision threshold (best accuracy on the attacker's known records, skipping
+    those that trained every shadow); the score itself needs no training.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> ref = torch.softmax(torch.randn(8, 2, 3, generator=g), -1)     # 8 shadows, 2 records
+    >>> target = torch.tensor([[0.98, 0.01, 0.01], [0.30, 0.40, 0.30]])
+    >>> s = LiRAOffline().score(target, torch.tensor([0, 0]), reference=ref)
+    >>> bool(s[0] > 0.9), bool(s[1] < s[0])
+    (True, True)
+    """
+
+    needs_reference = True
+
+    def __init__(self, *, global_variance: bool = True):
+        self.global_variance = global_variance
+        self.threshold = 0.5
+
+    def _stats(self, labels: Tensor, reference: Tensor, reference_mask: Optional[Tensor]):
+        phi = scaled_confidence(reference, labels)  # [K, n]
+        mask = torch.ones_like(phi, dtype=torch.bool) if reference_mask is None else reference_mask.bool()
+        if not bool(mask.any(0).all()):
+            raise ValueError("LiRA: every record needs at least one shadow model that did not train on it")
+        count = mask.sum(0).double()
+        mu = torch.where(mask, phi, 0.0).sum(0) / count
+        dev2 = torch.where(mask, (phi - mu) ** 2, 0.0)
+        if self.global_variance:
+            var = dev2.sum() / mask.sum().clamp_min(1)
+            var = var.expand_as(mu)
+        else:
+            var = dev2.sum(0) / (count - 1).clamp_min(1)
+        return mu, var.clamp_min(1e-8).sqrt()
+
+    def score(self, probs: Tensor, labels: Tensor, *, reference: Tensor,
+              reference_mask: Optional[Tensor] = None) -> np.ndarray:
+        mu, sigma = self._stats(labels, reference, reference_mask)
+        z = (scaled_confidence(probs, labels) - mu) / sigma
+        return torch.special.ndtr(z).numpy()
+
+    def fit(self, member_probs, member_labels, nonmember_probs, nonmember_labels, *, member_reference: Tensor,
+            nonmember_reference: Tensor, member_reference_mask: Optional[Tensor] = None,
+            nonmember_reference_mask: Optional[Tensor] = None) -> "LiRAOffline":
+        def scores(probs, labels, reference, mask):
+            # a known record that trained every shadow has no OUT distribution: it cannot inform the threshold
+            keep = torch.ones(len(labels), dtype=torch.bool) if mask is None else mask.bool().any(0)
+            return self.score(probs[keep], labels[keep], reference=reference[:, keep],
+                              reference_mask=None if mask is None else mask[:, keep])
+
+        self.threshold, _ = _best_threshold(
+            scores(member_probs, member_labels, member_reference, member_reference_mask),
+            scores(nonmember_probs, nonmember_labels, nonmember_reference, nonmember_reference_mask))
+        return self

@@ -1,0 +1,75 @@
+"""Shadow models (Shokri et al., "Membership Inference Attacks against Machine Learning Models", S&P 2017,
+sec. V.B): the attacker trains copies of the target's architecture on its own data, so it knows exactly
+which records each copy was trained on, and learns from their outputs what membership looks like."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..training.target import predict_proba, train_target
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class ShadowModels:
+    """Trained shadow models and, for each, which records of the attacker's pool it was trained on.
+
+    Attributes:
+        models: K models with the target's architecture.
+        in_mask: bool [K, N]; in_mask[k, n] says pool record n was in shadow k's training set.
+    """
+
+    models: List[nn.Module]
+    in_mask: Tensor
+
+    def predict(self, x, *, device="cpu") -> Tensor:
+        """Softmax outputs of every shadow model on ``x``: [K, n, C]."""
+        return torch.stack([predict_proba(m, x, device=device) for m in self.models])
+
+
+def train_shadow_models(make_model: Callable[[], nn.Module], x, y, *, num_shadows: int = 8, train_size: int,
+                        epochs: int = 100, lr: float = 1e-4, seed: int = 0, device="cpu",
+                        progress: bool = True) -> ShadowModels:
+    """Train ``num_shadows`` models, each on ``train_size`` records drawn at random from the pool (x, y).
+
+    Each shadow is trained like the target (`train_target`: cross-entropy, Adam), so its members are
+    as overfit as the target's. Deterministic from ``seed``.
+    """
+    n = len(y)
+    if num_shadows < 1 or not 0 < train_size < n:
+        raise ValueError(f"need num_shadows >= 1 and 0 < train_size < {n} (pool size); "
+                         f"got num_shadows={num_shadows}, train_size={train_size}")
+    rng = np.random.default_rng(seed)
+    x, y = torch.as_tensor(np.asarray(x)), torch.as_tensor(np.asarray(y))
+    models, in_mask = [], torch.zeros(num_shadows, n, dtype=torch.bool)
+    for k in tqdm(range(num_shadows), desc="shadow models", disable=not progress, leave=False):
+        chosen = torch.from_numpy(rng.choice(n, size=train_size, replace=False))
+        in_mask[k, chosen] = True
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1000 + k)
+            model = make_model()
+        train_target(model, x[chosen], y[chosen], epochs=epochs, lr=lr, seed=seed + 1000 + k, device=device,
+                     progress=False)
+        models.append(model.cpu())
+    return ShadowModels(models, in_mask)
+
+
+def shadow_records(probs: Tensor, labels: Tensor, in_mask: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Flatten shadow outputs [K, N, C] into (member probs, labels, non-member probs, labels): every
+    (shadow, record) pair is one training example, a member when the record trained that shadow.
+
+    >>> probs = torch.tensor([[[0.75, 0.25], [0.5, 0.5]], [[1.0, 0.0], [0.25, 0.75]]])
+    >>> m, ml, n, nl = shadow_records(probs, torch.tensor([0, 1]), torch.tensor([[True, False], [False, True]]))
+    >>> m.tolist(), ml.tolist(), n.tolist(), nl.tolist()
+    ([[0.75, 0.25], [0.25, 0.75]], [0, 1], [[0.5, 0.5], [1.0, 0.0]], [1, 0])
+    """
+    k = probs.shape[0]
+    flat_labels = labels.repeat(k)
+    flat_probs, flat_in = probs.reshape(-1, probs.shape[-1]), in_mask.reshape(-1)
+    return flat_probs[flat_in], flat_labels[flat_in], flat_probs[~flat_in], flat_labels[~flat_in]

@@ -1,0 +1,141 @@
+"""Shadow-model, LiRA, label-only and adaptive attacks: each finds membership where there is some."""
+import numpy as np
+import pytest
+import torch
+
+from mia_fast.attacks import (Flipped, LiRAOffline, MetricAttack, NNAttack, PerClassMLP, RobustnessAttack, Rounded,
+                              noisy_copies, query_labels, scaled_confidence, shadow_records, train_shadow_models)
+from mia_fast.attacks.label_only import noise_kind_for
+from mia_fast.evaluation import attack_metrics
+from mia_fast.models import TabularMLP
+from mia_fast.ops.reference import aeppt_loop
+from mia_fast.testing import membership_records
+
+
+def _probs_with_confidence(phi: torch.Tensor, classes: int = 4) -> torch.Tensor:
+    """Vectors whose logit-scaled confidence in class 0 is ``phi`` (the rest spread evenly)."""
+    p0 = torch.sigmoid(phi.double())
+    return torch.cat([p0[..., None], ((1 - p0) / (classes - 1))[..., None].expand(*p0.shape, classes - 1)], -1)
+
+
+def test_scaled_confidence_inverts_the_logit_and_survives_saturation():
+    phi = torch.tensor([-3.0, 0.0, 2.5])
+    assert torch.allclose(scaled_confidence(_probs_with_confidence(phi), torch.zeros(3, dtype=torch.long)),
+                          phi.double(), atol=1e-9)
+    saturated = scaled_confidence(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]))
+    assert torch.isfinite(saturated).all() and saturated[0] > 60 and saturated[1] < -60
+
+
+def test_lira_scores_by_each_records_own_out_distribution():
+    g = torch.Generator().manual_seed(0)
+    n, k = 400, 8
+    record_mean = torch.randn(n, generator=g) * 3  # records differ a lot in how confident OUT models are
+    ref_phi = record_mean + torch.randn(k, n, generator=g) * 0.3
+    member = torch.rand(n, generator=g) < 0.5
+    target_phi = record_mean + torch.randn(n, generator=g) * 0.3 + 1.0 * member
+    labels = torch.zeros(n, dtype=torch.long)
+    lira = LiRAOffline().score(_probs_with_confidence(target_phi), labels, reference=_probs_with_confidence(ref_phi))
+    m = attack_metrics(lira[member.numpy()], lira[~member.numpy()])
+    raw = attack_metrics(target_phi[member].numpy(), target_phi[~member].numpy())  # the same score without references
+    assert m["auc"] > 0.9 and raw["auc"] < 0.7  # measured 0.99 vs 0.58
+
+
+def test_lira_ignores_shadows_that_trained_on_the_record():
+    labels = torch.zeros(1, dtype=torch.long)
+    ref = _probs_with_confidence(torch.tensor([[0.0], [0.2], [9.0]]))  # shadow 2 trained on the record
+    target = _probs_with_confidence(torch.tensor([1.0]))
+    lira = LiRAOffline(global_variance=False)
+    masked = lira.score(target, labels, reference=ref, reference_mask=torch.tensor([[True], [True], [False]]))
+    unmasked = lira.score(target, labels, reference=ref)
+    assert masked[0] > 0.99 and unmasked[0] < 0.5
+    with pytest.raises(ValueError, match="at least one shadow model"):
+        lira.score(target, labels, reference=ref, reference_mask=torch.zeros(3, 1, dtype=torch.bool))
+    # fitting skips known records that trained every shadow (they have no OUT distribution)
+    two = lambda a, b: torch.cat([a, b], 1)  # noqa: E731
+    ref2 = two(ref, _probs_with_confidence(torch.tensor([[0.0], [0.1], [0.2]])))
+    mask2 = torch.tensor([[True, False], [True, False], [False, False]])
+    probs2 = torch.cat([target, _probs_with_confidence(torch.tensor([5.0]))])
+    low = _probs_with_confidence(torch.tensor([-1.0]))
+    lira.fit(probs2, torch.zeros(2, dtype=torch.long), low, labels, member_reference=ref2,
+             nonmember_reference=ref[:, :1], member_reference_mask=mask2)
+    assert 0 < lira.threshold < 1
+
+
+def test_per_class_networks_are_independent():
+    net = PerClassMLP(3)
+    probs = torch.softmax(torch.randn(5, 3), 1)
+    net.logit(probs, torch.zeros(5, dtype=torch.long)).sum().backward()
+    assert net.w1.grad[1:].abs().sum() == 0 and net.w2.grad[1:].abs().sum() == 0 and net.w1.grad[0].abs().sum() > 0
+
+
+def test_shokri_attack_learns_membership():
+    fit, test = membership_records(600, 0), membership_records(600, 1)
+    m = NNAttack("shokri", epochs=30).fit(*fit).evaluate(*test)
+    assert m["accuracy"] > 0.7, m
+
+
+def test_shadow_models_record_what_trained_them():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 5, generator=g), torch.randint(0, 3, (60,), generator=g)
+    make = lambda: TabularMLP(5, 3, hidden=(8,))  # noqa: E731
+    a = train_shadow_models(make, x, y, num_shadows=3, train_size=20, epochs=2, seed=4, progress=False)
+    b = train_shadow_models(make, x, y, num_shadows=3, train_size=20, epochs=2, seed=4, progress=False)
+    assert a.in_mask.sum(1).tolist() == [20, 20, 20] and torch.equal(a.in_mask, b.in_mask)
+    probs = a.predict(x)
+    assert probs.shape == (3, 60, 3) and torch.equal(probs, b.predict(x))
+    m, ml, n, nl = shadow_records(probs, y, a.in_mask)
+    assert len(m) == 60 and len(n) == 120 and torch.equal(m[:20], probs[0][a.in_mask[0]])
+    with pytest.raises(ValueError, match="train_size"):
+        train_shadow_models(make, x, y, num_shadows=1, train_size=60, progress=False)
+
+
+def test_noisy_copies_and_the_robustness_attack():
+    g = torch.Generator().manual_seed(0)
+    binary = (torch.rand(50, 200, generator=g) < 0.3).float()
+    flipped = noisy_copies(binary, kind="bitflip", strength=0.1, copies=4, generator=g)
+    assert set(flipped.unique().tolist()) == {0.0, 1.0}
+    assert 0.08 < float((flipped != binary).float().mean()) < 0.12
+    assert noise_kind_for(binary) == "bitflip" and noise_kind_for(binary + 0.5) == "gaussian"
+    gauss = noisy_copies(binary, kind="gaussian", strength=0.5, copies=4, generator=g)
+    assert abs(float((gauss - binary).std()) - 0.5) < 0.02
+    with pytest.raises(ValueError, match="kind must be"):
+        noisy_copies(binary, kind="blur", strength=0.1, copies=1, generator=g)
+
+    predict = lambda x: torch.nn.functional.one_hot((x.sum(1) > 60).long(), 2).float()  # noqa: E731
+    answered = query_labels(predict, flipped)
+    assert answered.shape == (4, 50) and torch.equal(answered[1], predict(flipped[1]).argmax(1))
+
+    labels = torch.zeros(50, dtype=torch.long)
+    keep_in = (torch.rand(20, 25, generator=g) < 0.9).long()   # members keep their label 90% of the time
+    keep_out = (torch.rand(20, 25, generator=g) < 0.6).long()  # non-members 60%
+    noisy_in, noisy_out = 1 - keep_in, 1 - keep_out
+    attack = RobustnessAttack().fit(None, labels[:25], None, labels[25:], member_noisy_labels=noisy_in,
+                                    nonmember_noisy_labels=noisy_out)
+    assert 0.6 < attack.threshold <= 0.9
+    s_in = attack.score(None, labels[:25], noisy_labels=noisy_in)
+    assert attack_metrics(s_in, attack.score(None, labels[25:], noisy_labels=noisy_out),
+                          threshold=attack.threshold)["accuracy"] > 0.9
+
+
+def test_flip_inverts_every_decision_and_rounding_washes_out_small_perturbations():
+    fit, test = membership_records(400, 0), membership_records(400, 1)
+    inner = MetricAttack("confidence").fit(*fit)
+    plain, flipped = inner.evaluate(*test), Flipped(inner).evaluate(*test)
+    assert flipped["accuracy"] == pytest.approx(1 - plain["accuracy"], abs=2 / 800)
+    assert flipped["auc"] == pytest.approx(1 - plain["auc"])
+    p, y = test[0], test[1]
+    nudged = (p + (torch.rand(p.shape, generator=torch.Generator().manual_seed(2)) - 0.5) * 1e-6).clamp(0, 1)
+    rounded = Rounded(MetricAttack("confidence"), decimals=3).fit(*fit)
+    agree = rounded.score(p, y) == rounded.score(nudged, y)
+    assert agree.mean() > 0.99 and not np.array_equal(inner.score(p, y), inner.score(nudged, y))
+
+
+def test_aeppt_loop_reports_every_iteration():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(6, 4, generator=g) * 3, 1)
+    w = torch.randn(4, generator=g)
+    seen = []
+    adv, _, _ = aeppt_loop(probs, lambda p, labels: p @ w, torch.full((5, 6), 1e-2),
+                           on_step=lambda t, state: seen.append((t, state.clone())))
+    assert [t for t, _ in seen] == [0, 1, 2, 3, 4, 5]
+    assert torch.equal(seen[0][1], probs) and torch.equal(seen[-1][1], adv)

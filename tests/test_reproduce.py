@@ -1,0 +1,44 @@
+"""`mia-fast reproduce`: named experiments of the paper, beside the paper's numbers where they exist."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from mia_fast.cli import main
+from mia_fast.evaluation.battery import Options
+from mia_fast.evaluation.reproduce import PAPER, _table2
+
+TINY = ["--target-epochs", "20", "--mim-epochs", "3", "--iters", "10", "--epochs", "3"]
+
+
+@pytest.mark.parametrize("experiment", ["table2", "step-size", "adaptive"])
+def test_reproduce_runs_an_experiment_and_saves_its_numbers(tmp_path, experiment):
+    run = tmp_path / experiment
+    r = CliRunner().invoke(main, ["reproduce", experiment, "--run-dir", str(run), *TINY, "--queries", "2"])
+    assert r.exit_code == 0, r.output
+    saved = json.loads((run / f"reproduce-{experiment}.json").read_text())
+    assert saved["experiment"] == experiment and saved["config"]["dataset"] == "digits"
+    assert f"{experiment} on digits" in r.output and "paper" not in r.output  # digits is not the paper's
+    if experiment == "step-size":
+        assert saved["step_size_sweep"][0]["eps"] == 0
+    if experiment == "adaptive":
+        assert set(saved["adaptive"]) == {"flip", "rounding", "adversarial_training", "averaging"}
+
+
+def test_reproduce_prints_the_papers_numbers_for_its_datasets():
+    results = {"dataset": "purchase100",
+               "target": {"train_accuracy": {"without": 0.99, "with": 0.99},
+                          "test_accuracy": {"without": 0.8, "with": 0.8}},
+               "mim0": {s: {"accuracy": 0.7, "precision": 0.6, "recall": 0.9} for s in ("without", "with")}}
+    lines, _ = _table2(None, results, Options(), print)
+    assert "paper" in lines[0] and f"{PAPER['table2']['purchase100']['test_with']:.1f}%" in "\n".join(lines)
+
+
+def test_reproduce_rejects_unknown_experiments_and_taken_directories(tmp_path):
+    r = CliRunner().invoke(main, ["reproduce", "table9"])
+    assert r.exit_code != 0 and "table9" in r.output
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("keep")
+    r = CliRunner().invoke(main, ["reproduce", "table2", "--run-dir", str(tmp_path / "taken")])
+    assert r.exit_code != 0 and "exists and is not empty" in r.output
+    assert (tmp_path / "taken" / "x").read_text() == "keep"
