@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from mia_fast.cli import main
-from mia_fast.evaluation.battery import ADAPTIVE, ATTACKS
+from mia_fast.evaluation.battery import ADAPTIVE, ATTACKS, Battery, Options
 from mia_fast.pipeline import Config, RunDir, format_results, run_demo
 
 SHARED_LOCATION = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "location"
@@ -72,6 +72,13 @@ def test_evaluate_runs_the_whole_battery_and_writes_the_report(tmp_path):
     assert first["eps"] == 0 and first["mean_l1"] == 0
     assert first["mim0_accuracy"] == ev["attacks"]["mim0"]["none"]["accuracy"]
     assert ev["attacker_loss"]["iteration"][0] == 0 and ev["attacker_loss"]["iteration"][-1] == 20
+
+    # the attacker's pool (shadow training, references) never holds a scored record
+    battery = Battery(run, Options())
+    s = battery.splits
+    pool = set(battery.pool.tolist())
+    assert not pool & set(s.eval_members + s.eval_nonmembers)
+    assert pool >= set(s.adversary_members + s.adversary_nonmembers) and len(pool) == 1797 - 100
 
     out = tmp_path / "lira.json"
     r = CliRunner().invoke(main, ["attack", str(run), "lira", *small, "--json-out", str(out)])

@@ -11,7 +11,7 @@ from mia_fast.evaluation.reproduce import PAPER, _table2
 TINY = ["--target-epochs", "20", "--mim-epochs", "3", "--iters", "10", "--epochs", "3"]
 
 
-@pytest.mark.parametrize("experiment", ["table2", "step-size", "adaptive"])
+@pytest.mark.parametrize("experiment", ["table2", "step-size", "adaptive", "adversary", "mims"])
 def test_reproduce_runs_an_experiment_and_saves_its_numbers(tmp_path, experiment):
     run = tmp_path / experiment
     r = CliRunner().invoke(main, ["reproduce", experiment, "--run-dir", str(run), *TINY, "--queries", "2"])
@@ -23,6 +23,11 @@ def test_reproduce_runs_an_experiment_and_saves_its_numbers(tmp_path, experiment
         assert saved["step_size_sweep"][0]["eps"] == 0
     if experiment == "adaptive":
         assert set(saved["adaptive"]) == {"flip", "rounding", "adversarial_training", "averaging"}
+    if experiment == "mims":
+        assert set(saved["attacks"]) == {"mim0", "mim1", "mim2", "mim3"} and (run / "mims_cdf.png").is_file()
+    if experiment == "adversary":
+        assert set(saved) >= {"0.25", "0.5", "0.75"} and (run / "adversary_cdf.png").read_bytes()[:4] == b"\x89PNG"
+        assert len(json.loads((run / "adversary-0.25" / "splits.json").read_text())["adversary_members"]) == 25
 
 
 def test_reproduce_prints_the_papers_numbers_for_its_datasets():

@@ -45,12 +45,13 @@ def roc_figure(scores: dict, path: Path, title: str) -> None:
     _save(fig, path)
 
 
-def per_class_cdf_figure(evaluation: dict, attack: str, path: Path, title: str) -> None:
-    """Empirical CDF over classes of the attack's per-class accuracy, precision and recall (Fig. 4/7/8)."""
+def cdf_figure(curves: list, attack: str, path: Path, title: str) -> None:
+    """Empirical CDF over classes of per-class accuracy, precision and recall (the paper's Fig. 4/7/8).
+    ``curves``: (label, line style, {metric: {class: value}}) per line."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
     for ax, metric in zip(axes, ("accuracy", "precision", "recall")):
-        for setting, label, style in SETTINGS:
-            values = np.sort(list(evaluation["attacks"][attack][setting][f"per_class_{metric}"].values()))
+        for label, style, per_class in curves:
+            values = np.sort(list(per_class[metric].values()))
             if len(values):
                 ax.step(values, np.arange(1, len(values) + 1) / len(values), style, where="post", label=label)
         ax.axvline(0.5, color="grey", lw=0.8)
@@ -59,6 +60,13 @@ def per_class_cdf_figure(evaluation: dict, attack: str, path: Path, title: str) 
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
     _save(fig, path)
+
+
+def per_class_cdf_figure(evaluation: dict, attack: str, path: Path, title: str) -> None:
+    """`cdf_figure` of one attack of an evaluation, one line per setting."""
+    by = evaluation["attacks"][attack]
+    cdf_figure([(label, style, {m: by[setting][f"per_class_{m}"] for m in ("accuracy", "precision", "recall")})
+                for setting, label, style in SETTINGS], attack, path, title)
 
 
 def step_size_figure(rows: list, path: Path, title: str) -> None:

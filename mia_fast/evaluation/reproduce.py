@@ -3,8 +3,8 @@ numbers when the dataset is one the paper used (CIFAR-100, Purchase-100).
 
     table2      target accuracy and MIM0 with and without AEPPT (Table 2, sec. 5.3)
     step-size   eps vs L1 size vs MIM0 inference accuracy (Tables 3-4, Fig. 5)
-    adversary   MIM0 for adversaries knowing 1/4, 1/2, 3/4 of the data (Fig. 7, sec. 5.6)
-    mims        MIM1, MIM2, MIM3 beside MIM0 (Tables 6-7, Fig. 8, sec. 5.7)
+    adversary   MIM0 for adversaries knowing 1/4, 1/2, 3/4 of the data, per-class CDFs (Fig. 7, sec. 5.6)
+    mims        MIM1, MIM2, MIM3 beside MIM0, per-class CDFs (Tables 6-7, Fig. 8, sec. 5.7)
     adaptive    flip, rounding, adversarial-training attacks, plus repeated-query averaging (Table 8)
 
 Not here: Table 5 (Purchase-100 re-clustered into 2-100 classes) needs the raw purchase records, which the
@@ -16,9 +16,14 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from ..attacks import NNAttack
+from ..checkpoint import load_model
 from ..pipeline import Config, RunDir, run_demo
 from .battery import Battery, Options, evaluate_run, run_adaptive, step_size_sweep
+from .metrics import per_class_metrics
+from .report import cdf_figure
 
 #: The paper's numbers (inference accuracy etc. in %), by experiment and dataset.
 PAPER = {
@@ -46,6 +51,18 @@ def _three(m: dict) -> str:
 
 def _paper(experiment: str, dataset: str):
     return PAPER.get(experiment, {}).get(dataset)
+
+
+def _mim0_per_class(run_dir: Path) -> dict:
+    """Per-class accuracy, precision, recall of a run's MIM0 (mim0.pt) on the defended scored records."""
+    battery = Battery(run_dir, Options())
+    mim0, _ = load_model(run_dir / "mim0.pt", "attack-mim")
+    scored = battery.target_outputs("scored", True)
+    with torch.no_grad():
+        s_in = mim0(scored.member_probs.float(), scored.member_labels).numpy()
+        s_out = mim0(scored.nonmember_probs.float(), scored.nonmember_labels).numpy()
+    per_class = per_class_metrics(s_in, scored.member_labels.numpy(), s_out, scored.nonmember_labels.numpy())
+    return {m: {c: v[m] for c, v in per_class.items()} for m in ("accuracy", "precision", "recall")}
 
 
 def _table2(run: RunDir, results: dict, options: Options, log: Log) -> tuple:
@@ -86,6 +103,11 @@ def _mims(run: RunDir, results: dict, options: Options, log: Log) -> tuple:
         cells = [_three(r[s]) for s in ("none", "naive")]
         extra = f"   {paper[name][0]}% / {paper[name][1]}%" if name in paper else ""
         lines.append(f"{name:6s}{cells[0]:>34s}{cells[1]:>36s}{_pct(r['aware']['accuracy']):>18s}{extra}")
+    metrics = ("accuracy", "precision", "recall")
+    curves = [(f"{name}, with AEPPT", "-", {m: r["naive"][f"per_class_{m}"] for m in metrics})
+              for name, r in ev["attacks"].items()]
+    cdf_figure(curves, "attack", run.path / "mims_cdf.png", f"{results['dataset']}: MIM0-MIM3 against AEPPT (Fig. 8)")
+    lines.append(f"figure: {run.path / 'mims_cdf.png'} (and the full report: evaluation.html)")
     return lines, {"attacks": ev["attacks"]}
 
 
@@ -110,7 +132,7 @@ def reproduce(experiment: str, cfg: Config, run_dir, *, options: Options = Optio
     if experiment == "adversary":
         lines = [f"{'known share':12s}{'MIM0 without: acc / prec / recall':>36s}"
                  f"{'with AEPPT: acc / prec / recall':>34s}"]
-        numbers = {}
+        numbers, curves = {}, []
         for fraction in (0.25, 0.5, 0.75):
             res = run_demo(dataclasses.replace(cfg, adversary_fraction=fraction), root / f"adversary-{fraction:g}",
                            log=log, progress=progress)
@@ -118,6 +140,9 @@ def reproduce(experiment: str, cfg: Config, run_dir, *, options: Options = Optio
             cells = [_three(m[s]) for s in ("without", "with")]
             lines.append(f"{fraction:<12g}{cells[0]:>36s}{cells[1]:>34s}")
             numbers[str(fraction)] = m
+            curves.append((f"knows {fraction:g}, with AEPPT", "-", _mim0_per_class(root / f"adversary-{fraction:g}")))
+        cdf_figure(curves, "MIM0", root / "adversary_cdf.png", f"{cfg.dataset}: adversaries knowing 1/4, 1/2, 3/4")
+        lines.append(f"figure: {root / 'adversary_cdf.png'}")
     else:
         results = run_demo(cfg, root, log=log, progress=progress)
         step = {"table2": _table2, "step-size": _step_size, "mims": _mims, "adaptive": _adaptive}[experiment]
