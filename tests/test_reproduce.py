@@ -1,6 +1,8 @@
 """`mia-fast reproduce`: named experiments of the paper, beside the paper's numbers where they exist."""
 import json
 
+import numpy as np
+
 import pytest
 from click.testing import CliRunner
 
@@ -11,7 +13,7 @@ from mia_fast.evaluation.reproduce import PAPER, _table2
 TINY = ["--target-epochs", "20", "--mim-epochs", "3", "--iters", "10", "--epochs", "3"]
 
 
-@pytest.mark.parametrize("experiment", ["table2", "step-size", "adaptive", "adversary", "mims"])
+@pytest.mark.parametrize("experiment", ["table2", "step-size", "adaptive", "adversary", "mims", "classes"])
 def test_reproduce_runs_an_experiment_and_saves_its_numbers(tmp_path, experiment):
     run = tmp_path / experiment
     r = CliRunner().invoke(main, ["reproduce", experiment, "--run-dir", str(run), *TINY, "--queries", "2"])
@@ -25,6 +27,10 @@ def test_reproduce_runs_an_experiment_and_saves_its_numbers(tmp_path, experiment
         assert set(saved["adaptive"]) == {"flip", "rounding", "adversarial_training", "averaging"}
     if experiment == "mims":
         assert set(saved["attacks"]) == {"mim0", "mim1", "mim2", "mim3"} and (run / "mims_cdf.png").is_file()
+    if experiment == "classes":  # digits has 10: merged into 2, and as it is
+        assert set(saved) >= {"2", "10"}
+        assert json.loads((run / "classes-2" / "config.json").read_text())["classes"] == 2
+        assert set(np.load(run / "classes-2" / "outputs" / "members_labels.npy").tolist()) == {0, 1}
     if experiment == "adversary":
         assert set(saved) >= {"0.25", "0.5", "0.75"} and (run / "adversary_cdf.png").read_bytes()[:4] == b"\x89PNG"
         assert len(json.loads((run / "adversary-0.25" / "splits.json").read_text())["adversary_members"]) == 25

@@ -31,11 +31,10 @@ from ..attacks import (Flipped, LiRAOffline, MetricAttack, NNAttack, RobustnessA
                        query_labels, shadow_records, train_shadow_models)
 from ..attacks.label_only import noise_kind_for
 from ..checkpoint import load_model, load_substitute
-from ..data import load_dataset
 from ..defenses.aeppt import aeppt, draw_steps
 from ..models import TARGETS
 from ..ops.reference import aeppt_loop
-from ..pipeline import RunDir, record_positions
+from ..pipeline import RunDir, load_run_dataset, record_positions
 from ..training import predict_proba, train_substitute
 from .metrics import attack_metrics, per_class_metrics
 
@@ -156,14 +155,14 @@ class Battery:
         """AEPPT as deployed (Algorithm 1, the run's eps and T) with substitute ``mim``."""
         if len(probs) == 0:
             return probs
-        gen = torch.Generator().manual_seed(seed)
-        return aeppt(probs.float(), mim, self.eps if eps is None else eps, self.cfg.iters, generator=gen,
-                     chunk_size=self.cfg.batch).adversarial
+        gen = torch.Generator().manual_seed(seed)  # a CPU generator: the same steps on any device
+        return aeppt(probs.float().to(self.cfg.device), mim, self.eps if eps is None else eps, self.cfg.iters,
+                     generator=gen, chunk_size=self.cfg.batch).adversarial.cpu()
 
     # ----------------------------------------------------------------- the attacker's own data
     @cached_property
     def dataset(self):
-        return load_dataset(self.cfg.dataset, self.cfg.data_dir)
+        return load_run_dataset(self.cfg)
 
     @cached_property
     def target(self):
