@@ -287,23 +287,21 @@ class Battery:
         if source == "shadow":
             return self.shadow_data(defended)
         recs = self.ood_data(defended) if source == "ood" else self.target_outputs("known", defended)
-        self._add_context(recs, "known", defended, attack)
+        self._add_context(recs, "known", attack, reference_defended=defended, labels_defended=defended)
         return recs
 
     def scored_data(self, setting: str, attack) -> Records:
+        """The scored records as served in ``setting``. LiRA's references are defended only by the aware
+        attacker (it alone runs AEPPT itself); noisy-query labels are whatever the target serves."""
         recs = self.target_outputs("scored", defended=setting != "none")
-        self._add_context(recs, "scored", setting, attack)
+        self._add_context(recs, "scored", attack, reference_defended=setting == "aware",
+                          labels_defended=setting != "none")
         return recs
 
-    def _add_context(self, recs: Records, which: str, defended, attack) -> None:
-        # A setting string for scored records: LiRA's references are defended only by the aware attacker;
-        # the robustness attack's labels come from whatever the target serves (defended unless "none").
-        if isinstance(defended, str):
-            ref_defended, labels_defended = defended == "aware", defended != "none"
-        else:
-            ref_defended = labels_defended = defended
+    def _add_context(self, recs: Records, which: str, attack, *, reference_defended: bool,
+                     labels_defended: bool) -> None:
         if getattr(attack, "needs_reference", False):
-            recs.member_context, recs.nonmember_context = self.reference(which, ref_defended)
+            recs.member_context, recs.nonmember_context = self.reference(which, reference_defended)
         if getattr(attack, "needs_noisy_labels", False):
             recs.member_context, recs.nonmember_context = self.noisy_labels(which, labels_defended)
 
