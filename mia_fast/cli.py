@@ -258,7 +258,8 @@ def _attacker_options(fn):
         click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1),
                      help="Epochs of the neural-network attacks."),
         click.option("--shadows", default=8, show_default=True, type=click.IntRange(min=0),
-                     help="Shadow models (LiRA, Shokri, metric thresholds, aware calibration)."),
+                     help="Shadow models (LiRA, Shokri, metric thresholds, aware calibration); 0: leave "
+                     "those attacks out."),
         click.option("--queries", default=8, show_default=True, type=click.IntRange(min=1),
                      help="Repeated queries of the averaging attack."),
         click.option("--noisy-copies", default=20, show_default=True, type=click.IntRange(min=1),
@@ -280,8 +281,8 @@ def _options(kwargs):
 def _attack_names(text):
     from .evaluation.battery import ATTACKS
 
-    names = [a.strip() for a in text.split(",") if a.strip()] if text else list(ATTACKS)
-    unknown = [n for n in names if n not in ATTACKS]
+    names = [a.strip() for a in text.split(",") if a.strip()] if text else None
+    unknown = [n for n in names or [] if n not in ATTACKS]
     if unknown:
         raise InputError(f"--attacks: unknown attack {unknown[0]!r}; known: {', '.join(ATTACKS)}")
     return names
@@ -330,7 +331,7 @@ def attack(run_dir, name, json_out, **kwargs):
     """
     from .evaluation.battery import Battery, run_attack
 
-    if len(_attack_names(name)) != 1:
+    if len(_attack_names(name) or []) != 1:
         raise InputError(f"NAME: one attack, got {name!r} (evaluate runs several)")
     results, _, _ = run_attack(Battery(run_dir, _options(kwargs), log=lambda m: click.echo(m, err=True),
                                        progress=sys.stderr.isatty()), name)

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from mia_fast.cli import main
-from mia_fast.evaluation.battery import ADAPTIVE, ATTACKS, Battery, Options, evaluate_run
+from mia_fast.evaluation.battery import ADAPTIVE, ATTACKS, NEEDS_SHADOWS, Battery, Options, evaluate_run
 from mia_fast.pipeline import Config, RunDir, format_results, run_demo
 
 SHARED_LOCATION = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "location"
@@ -87,6 +87,20 @@ def test_evaluate_runs_the_whole_battery_and_writes_the_report(tmp_path):
     for args in (["evaluate", str(run), "--attacks", "mim0,nope"], ["attack", str(run), "nope"]):
         bad = CliRunner().invoke(main, args)
         assert bad.exit_code != 0 and "unknown attack 'nope'" in bad.output and len(bad.output.splitlines()) == 1
+
+
+def test_evaluate_without_shadow_models_leaves_their_attacks_out(tmp_path):
+    run = tmp_path / "run"
+    assert CliRunner().invoke(main, ["demo", "--run-dir", str(run), "--target-epochs", "10", "--mim-epochs", "2",
+                                     "--iters", "5"]).exit_code == 0
+    r = CliRunner().invoke(main, ["evaluate", str(run), "--shadows", "0", "--epochs", "2", "--noisy-copies", "2",
+                                  "--no-adaptive", "--no-sweep"])
+    assert r.exit_code == 0, r.output
+    ev = json.loads((run / "evaluation.json").read_text())
+    assert set(ev["attacks"]) == set(ATTACKS) - set(NEEDS_SHADOWS) and "adaptive" not in ev
+    assert "lira" in NEEDS_SHADOWS and "shokri" in NEEDS_SHADOWS
+    bad = CliRunner().invoke(main, ["attack", str(run), "lira", "--shadows", "0"])
+    assert bad.exit_code != 0 and "need shadow models, got shadows=0" in bad.output
 
 
 def test_stage_commands_share_a_run_directory(tmp_path):

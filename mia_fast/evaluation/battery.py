@@ -93,6 +93,8 @@ ATTACKS: Dict[str, Entry] = {
     "robustness": Entry(lambda e, s, d: RobustnessAttack(), "known",
                         "label-only: share of noisy copies still labelled correctly (Choquette-Choo et al.)"),
 }
+#: Attacks that need shadow models: left out of the default list when there are none (--shadows 0).
+NEEDS_SHADOWS = tuple(name for name, entry in ATTACKS.items() if entry.source == "shadow") + ("lira",)
 ADAPTIVE = ("flip", "rounding", "adversarial_training", "averaging")
 SETTINGS = ("none", "naive", "aware")
 
@@ -182,7 +184,7 @@ class Battery:
     @cached_property
     def shadows(self):
         if self.opt.shadows < 1:
-            raise ValueError("this attack needs shadow models: shadows must be >= 1")
+            raise ValueError(f"shadows: {', '.join(NEEDS_SHADOWS)} need shadow models, got shadows=0")
         architecture = dict(self.target[1]["architecture"])
         name = architecture.pop("name")
         train_size = min(len(self.splits.members), len(self.pool) // 2)
@@ -424,7 +426,10 @@ def evaluate_run(run_dir, *, attacks=None, adaptive: bool = True, sweep: bool = 
     """Run the battery on a run made by `run_demo` (needs its outputs/*_defended.npy); saves
     evaluation.json and the report (evaluation.md, evaluation.html, PNG figures) in the run directory."""
     log = log or (lambda message: None)
-    names = list(ATTACKS) if attacks is None else list(attacks)
+    if attacks is None:
+        names = [name for name in ATTACKS if options.shadows > 0 or name not in NEEDS_SHADOWS]
+    else:
+        names = list(attacks)
     for name in names:
         if name not in ATTACKS:
             raise ValueError(f"unknown attack {name!r}; known: {', '.join(ATTACKS)}")
