@@ -96,7 +96,6 @@ ATTACKS: Dict[str, Entry] = {
 #: Attacks that need shadow models: left out of the default list when there are none (--shadows 0).
 NEEDS_SHADOWS = tuple(name for name, entry in ATTACKS.items() if entry.source == "shadow") + ("lira",)
 ADAPTIVE = ("flip", "rounding", "adversarial_training", "averaging")
-SETTINGS = ("none", "naive", "aware")
 
 
 @dataclass
@@ -125,6 +124,7 @@ class Battery:
         self.log = log or (lambda message: None)
         self.eps = self.cfg.eps
         self.seed = self.cfg.seed + 2
+        self._cache: dict = {}
 
     # ----------------------------------------------------------------- what the target answers
     def _rows(self, members, nonmembers):
@@ -234,9 +234,18 @@ class Battery:
     def _pool_position(self) -> dict:
         return {int(idx): i for i, idx in enumerate(self.pool)}
 
+    def _memo(self, key: tuple, compute: Callable[[], tuple]) -> tuple:
+        """Per-battery cache: several settings score the same served records."""
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
     def reference(self, which: str, defended: bool) -> tuple:
         """LiRA's reference: shadow outputs on the same records, [K, n, C] per side, and for known records
         (which are in the pool) the mask of shadows that did not train on them."""
+        return self._memo(("reference", which, defended), lambda: self._reference(which, defended))
+
+    def _reference(self, which: str, defended: bool) -> tuple:
         out = []
         for indices in self._split_indices(which):
             if which == "known":
@@ -259,6 +268,9 @@ class Battery:
 
     def noisy_labels(self, which: str, defended: bool) -> tuple:
         """Labels the target (defended: as deployed) gives noisy copies of each record, [copies, n]."""
+        return self._memo(("noisy_labels", which, defended), lambda: self._noisy_labels(which, defended))
+
+    def _noisy_labels(self, which: str, defended: bool) -> tuple:
         kind, strength = self.noise
         out = []
         for side, indices in enumerate(self._split_indices(which)):
@@ -381,7 +393,9 @@ def step_size_sweep(battery: Battery, fitted_mim0: NNAttack) -> list:
     rows = []
     for k, factor in enumerate(battery.opt.sweep):
         eps = factor * battery.eps
-        d = lambda p, s: battery.defend(p, battery.deployed, battery.seed + 43 + 10 * k + s, eps=eps)  # noqa: E731
+        def d(p, s, k=k, eps=eps):
+            return battery.defend(p, battery.deployed, battery.seed + 43 + 10 * k + s, eps=eps)
+
         scored = Records(d(scored_raw.member_probs, 0), scored_raw.member_labels, d(scored_raw.nonmember_probs, 1),
                          scored_raw.nonmember_labels)
         known = Records(d(known_raw.member_probs, 2), known_raw.member_labels, d(known_raw.nonmember_probs, 3),
@@ -421,11 +435,13 @@ def attacker_loss_curve(battery: Battery, fitted_mim0: NNAttack, *, points: int 
     return {"iteration": list(curve), "loss": list(curve.values())}
 
 
-def evaluate_run(run_dir, *, attacks=None, adaptive: bool = True, sweep: bool = True, options: Options = Options(),
-                 log: Optional[Callable[[str], None]] = None, progress: bool = False) -> dict:
+def evaluate_run(run_dir, *, attacks=None, adaptive: bool = True, sweep: bool = True,
+                 options: Optional[Options] = None, log: Optional[Callable[[str], None]] = None,
+                 progress: bool = False) -> dict:
     """Run the battery on a run made by `run_demo` (needs its outputs/*_defended.npy); saves
     evaluation.json and the report (evaluation.md, evaluation.html, PNG figures) in the run directory."""
     log = log or (lambda message: None)
+    options = options or Options()
     if attacks is None:
         names = [name for name in ATTACKS if options.shadows > 0 or name not in NEEDS_SHADOWS]
     else:

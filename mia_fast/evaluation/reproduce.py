@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -131,13 +131,13 @@ def _adaptive(run: RunDir, results: dict, options: Options, log: Log) -> tuple:
     return lines, {"adaptive": out}
 
 
-def reproduce(experiment: str, cfg: Config, run_dir, *, options: Options = Options(), log: Log = print,
+def reproduce(experiment: str, cfg: Config, run_dir, *, options: Optional[Options] = None, log: Log = print,
               progress: bool = False) -> tuple:
     """Run ``experiment`` (one of `EXPERIMENTS`) with ``cfg`` under ``run_dir``; returns (printable lines,
     JSON-able numbers) and writes reproduce-EXPERIMENT.json there."""
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)}")
-    cfg = cfg.resolved()
+    cfg, options = cfg.resolved(), options or Options()
     root = Path(run_dir)
     if experiment == "classes":
         total = load_dataset(cfg.dataset, cfg.data_dir).num_classes
