@@ -132,6 +132,8 @@ def load_run_dataset(cfg: Config):
 
 def stage_target(run: RunDir, cfg: Config, *, log: Log = print, progress: bool = True) -> dict:
     cfg = cfg.resolved()
+    if cfg.data_dir is not None:  # later stages (evaluate) may run from another directory
+        cfg = dataclasses.replace(cfg, data_dir=str(Path(cfg.data_dir).resolve()))
     ds = load_run_dataset(cfg)
     splits = make_splits(len(ds), members=cfg.members, nonmembers=cfg.nonmembers,
                          adversary_fraction=cfg.adversary_fraction, seed=cfg.seed)

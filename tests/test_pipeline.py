@@ -40,6 +40,14 @@ def test_default_run_directory_never_overwrites(tmp_path, monkeypatch):
         assert f"run directory: {expected}" in r.output and (tmp_path / expected / "results.json").is_file()
 
 
+def test_a_relative_data_dir_is_stored_absolute(tmp_path, monkeypatch):
+    """Later stages (evaluate, attack) reload the dataset, perhaps from another working directory."""
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["train-target", "--run-dir", "run", "--data-dir", ".", "--target-epochs", "1"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data_dir"] == str(tmp_path.resolve())
+
+
 def test_evaluate_runs_the_whole_battery_and_writes_the_report(tmp_path):
     run = tmp_path / "run"
     assert CliRunner().invoke(main, ["demo", "--run-dir", str(run), "--target-epochs", "30", "--mim-epochs", "5",
