@@ -257,7 +257,7 @@ def _attacker_options(fn):
     for option in reversed([
         click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1),
                      help="Epochs of the neural-network attacks."),
-        click.option("--shadows", default=8, show_default=True, type=click.IntRange(min=0),
+        click.option("--shadows", default=6, show_default=True, type=click.IntRange(min=0),
                      help="Shadow models (LiRA, Shokri, metric thresholds, aware calibration); 0: leave "
                      "those attacks out."),
         click.option("--queries", default=8, show_default=True, type=click.IntRange(min=1),

@@ -33,7 +33,7 @@ class ShadowModels:
         return torch.stack([predict_proba(m, x, device=device) for m in self.models])
 
 
-def train_shadow_models(make_model: Callable[[], nn.Module], x, y, *, num_shadows: int = 8, train_size: int,
+def train_shadow_models(make_model: Callable[[], nn.Module], x, y, *, num_shadows: int = 6, train_size: int,
                         epochs: int = 100, lr: float = 1e-4, seed: int = 0, device="cpu",
                         progress: bool = True) -> ShadowModels:
     """Train ``num_shadows`` models, each on ``train_size`` records drawn at random from the pool (x, y).

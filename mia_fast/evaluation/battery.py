@@ -106,7 +106,7 @@ class Options:
     MIM3 corrupts with 5x that); sweep: eps multiples of the step-size sweep."""
 
     epochs: int = 100
-    shadows: int = 8
+    shadows: int = 6
     queries: int = 8
     noisy_copies: int = 20
     noise: Optional[float] = None
