@@ -88,6 +88,19 @@ class NNAttack(Attack):
                                           loss="l2" if self.kind == "mim2" else "bce")
         return self
 
+    @classmethod
+    def from_model(cls, model: nn.Module, kind: str = "mim0") -> "NNAttack":
+        """An attack around an already trained membership model (e.g. a run's mim0.pt)."""
+        attack = cls(kind)
+        attack._model = model.eval()
+        return attack
+
+    @property
+    def model(self) -> nn.Module:
+        if self._model is None:
+            raise RuntimeError(f"{self!r} is not fitted: call fit() first")
+        return self._model
+
     @torch.no_grad()
     def score(self, probs, labels) -> np.ndarray:
         if self._model is None:

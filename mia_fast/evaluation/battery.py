@@ -209,9 +209,9 @@ class Battery:
     @cached_property
     def own_substitute(self):
         """The aware attacker's substitute MIM, trained like the defender's but on its shadow data."""
-        m, ml, n, nl = shadow_records(self.pool_outputs, torch.from_numpy(self.dataset.y[self.pool]).long(),
-                                      self.shadows.in_mask)
-        model, _ = train_substitute(m, ml, n, nl, epochs=self.cfg.mim_epochs, batch_size=512, seed=self.seed,
+        shadow = self.shadow_data(defended=False)
+        model, _ = train_substitute(shadow.member_probs, shadow.member_labels, shadow.nonmember_probs,
+                                    shadow.nonmember_labels, epochs=self.cfg.mim_epochs, batch_size=512, seed=self.seed,
                                     device=self.cfg.device, progress=self.progress, desc="attacker's substitute")
         return model
 
@@ -320,9 +320,13 @@ class Battery:
             recs.member_context, recs.nonmember_context = self.noisy_labels(which, labels_defended)
 
 
-def _metrics(attack, scored: Records) -> tuple:
+def measure(attack, scored: Records, *, per_class: bool = True) -> tuple:
+    """(attack_metrics at the attack's threshold, with per-class accuracy/precision/recall unless
+    ``per_class`` is False; the member and non-member scores)."""
     s_in, s_out = scored.score(attack)
     m = attack_metrics(s_in, s_out, threshold=attack.threshold)
+    if not per_class:
+        return m, (s_in, s_out)
     per_class = per_class_metrics(s_in, scored.member_labels.numpy(), s_out, scored.nonmember_labels.numpy(),
                                   threshold=attack.threshold)
     for key in ("accuracy", "precision", "recall"):
@@ -343,7 +347,7 @@ def run_attack(battery: Battery, name: str) -> tuple:
     battery.fit_data(entry.source, True, aware).fit(aware)
     results, scores = {}, {}
     for setting, attack in [("none", naive), ("naive", naive), ("aware", aware)]:
-        results[setting], scores[setting] = _metrics(attack, battery.scored_data(setting, attack))
+        results[setting], scores[setting] = measure(attack, battery.scored_data(setting, attack))
     return results, scores, naive
 
 
@@ -360,15 +364,18 @@ def run_adaptive(battery: Battery, fitted_mim0: Optional[NNAttack] = None) -> di
     scored_def = battery.target_outputs("scored", True)
     if fitted_mim0 is None:
         fitted_mim0 = known_raw.fit(make())
-    out = {"flip": _metrics(Flipped(fitted_mim0), scored_def)[0]}
-    out["rounding"] = _metrics(battery.target_outputs("known", True).fit(Rounded(make(), decimals=3)), scored_def)[0]
+    def metrics(attack, scored: Records) -> dict:
+        return measure(attack, scored, per_class=False)[0]
+
+    out = {"flip": metrics(Flipped(fitted_mim0), scored_def),
+           "rounding": metrics(battery.target_outputs("known", True).fit(Rounded(make(), decimals=3)), scored_def)}
 
     own, _ = train_substitute(known_raw.member_probs, known_raw.member_labels, known_raw.nonmember_probs,
                               known_raw.nonmember_labels, epochs=battery.cfg.mim_epochs, seed=seed + 23,
                               device=battery.cfg.device, progress=False, desc="attacker's substitute")
     trained = Records(battery.defend(known_raw.member_probs, own, seed + 29), known_raw.member_labels,
                       battery.defend(known_raw.nonmember_probs, own, seed + 31), known_raw.nonmember_labels)
-    out["adversarial_training"] = _metrics(trained.fit(make()), scored_def)[0]
+    out["adversarial_training"] = metrics(trained.fit(make()), scored_def)
 
     def averaged(recs: Records, base_seed: int) -> Records:
         mean = lambda p, s: torch.stack([battery.defend(p, battery.deployed, s + q)  # noqa: E731
@@ -378,10 +385,7 @@ def run_adaptive(battery: Battery, fitted_mim0: Optional[NNAttack] = None) -> di
 
     known_avg = averaged(known_raw, seed + 37)
     scored_avg = averaged(battery.target_outputs("scored", False), seed + 41)
-    out["averaging"] = _metrics(known_avg.fit(make()), scored_avg)[0]
-    for m in out.values():
-        for key in [k for k in m if k.startswith("per_class_")]:
-            del m[key]
+    out["averaging"] = metrics(known_avg.fit(make()), scored_avg)
     return out
 
 
@@ -402,8 +406,8 @@ def step_size_sweep(battery: Battery, fitted_mim0: NNAttack) -> list:
                         known_raw.nonmember_labels)
         l1 = torch.cat([(scored.member_probs - scored_raw.member_probs).abs().sum(1),
                         (scored.nonmember_probs - scored_raw.nonmember_probs).abs().sum(1)])
-        naive = _metrics(fitted_mim0, scored)[0]
-        aware = _metrics(known.fit(MetricAttack("confidence")), scored)[0]
+        naive = measure(fitted_mim0, scored)[0]
+        aware = measure(known.fit(MetricAttack("confidence")), scored)[0]
         rows.append({"eps": eps, "mean_l1": float(l1.mean()), "mim0_accuracy": naive["accuracy"],
                      "mim0_precision": naive["precision"], "mim0_recall": naive["recall"],
                      "mim0_auc_leak": naive["auc_leak"], "aware_confidence_accuracy": aware["accuracy"],
@@ -427,7 +431,7 @@ def attacker_loss_curve(battery: Battery, fitted_mim0: NNAttack, *, points: int 
     @torch.no_grad()
     def record(t: int, adv: Tensor) -> None:
         if t in record_at:
-            z = fitted_mim0._model.logit(adv, labels)
+            z = fitted_mim0.model.logit(adv, labels)
             curve[t] = float(torch.nn.functional.binary_cross_entropy_with_logits(z, member))
 
     steps = draw_steps(iters, len(probs), battery.eps, generator=torch.Generator().manual_seed(battery.seed + 47))

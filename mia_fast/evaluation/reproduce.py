@@ -18,14 +18,11 @@ import dataclasses
 from pathlib import Path
 from typing import Callable, Optional
 
-import torch
-
 from ..attacks import NNAttack
 from ..checkpoint import load_model
 from ..data import load_dataset
 from ..pipeline import Config, RunDir, run_demo
-from .battery import Battery, Options, evaluate_run, run_adaptive, step_size_sweep
-from .metrics import per_class_metrics
+from .battery import Battery, Options, evaluate_run, measure, run_adaptive, step_size_sweep
 from .report import cdf_figure
 
 #: The paper's numbers (inference accuracy etc. in %), by experiment and dataset.
@@ -63,16 +60,15 @@ def _paper(experiment: str, dataset: str):
     return PAPER.get(experiment, {}).get(dataset)
 
 
+def _run_mim0(run_dir: Path) -> NNAttack:
+    """The run's own adversary MIM0 (mim0.pt, trained by the demo's attack stage)."""
+    return NNAttack.from_model(load_model(Path(run_dir) / "mim0.pt", "attack-mim")[0])
+
+
 def _mim0_per_class(run_dir: Path) -> dict:
-    """Per-class accuracy, precision, recall of a run's MIM0 (mim0.pt) on the defended scored records."""
-    battery = Battery(run_dir, Options())
-    mim0, _ = load_model(run_dir / "mim0.pt", "attack-mim")
-    scored = battery.target_outputs("scored", True)
-    with torch.no_grad():
-        s_in = mim0(scored.member_probs.float(), scored.member_labels).numpy()
-        s_out = mim0(scored.nonmember_probs.float(), scored.nonmember_labels).numpy()
-    per_class = per_class_metrics(s_in, scored.member_labels.numpy(), s_out, scored.nonmember_labels.numpy())
-    return {m: {c: v[m] for c, v in per_class.items()} for m in ("accuracy", "precision", "recall")}
+    """Per-class accuracy, precision, recall of a run's MIM0 on the defended scored records."""
+    m, _ = measure(_run_mim0(run_dir), Battery(run_dir, Options()).target_outputs("scored", True))
+    return {key: m[f"per_class_{key}"] for key in ("accuracy", "precision", "recall")}
 
 
 def _table2(run: RunDir, results: dict, options: Options, log: Log) -> tuple:
@@ -90,10 +86,7 @@ def _table2(run: RunDir, results: dict, options: Options, log: Log) -> tuple:
 
 
 def _step_size(run: RunDir, results: dict, options: Options, log: Log) -> tuple:
-    battery = Battery(run.path, options, log=log)
-    mim0 = battery.target_outputs("known", False).fit(NNAttack("mim0", epochs=options.epochs, seed=battery.seed,
-                                                                device=battery.cfg.device))
-    rows = step_size_sweep(battery, mim0)
+    rows = step_size_sweep(Battery(run.path, options, log=log), _run_mim0(run.path))
     lines = [f"{'eps':>10s}{'mean L1':>10s}{'MIM0 acc':>10s}{'aware conf. acc':>17s}"]
     lines += [f"{r['eps']:10.3g}{r['mean_l1']:10.4f}{_pct(r['mim0_accuracy']):>10s}"
               f"{_pct(r['aware_confidence_accuracy']):>17s}" for r in rows]
