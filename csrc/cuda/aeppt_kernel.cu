@@ -7,6 +7,11 @@
 
 namespace mia_fast {
 namespace cuda {
+
+// The block's dynamic shared memory, declared once for every kernel here (at namespace scope, so the
+// CPU emulator in tests/cuda_emulator can define it).
+extern __shared__ __align__(16) char dynamic_smem[];
+
 namespace {
 
 constexpr int kThreads = 256;
@@ -193,10 +198,9 @@ __device__ __forceinline__ float stepped(const TileSmem& s, int j, int q, float 
 
 template <int TB, bool kSmemWeights>
 __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptArgs a) {
-  extern __shared__ __align__(16) char smem_raw[];
   TileSmem s;
   float *wp_s = nullptr, *wa_s = nullptr;
-  smem_layout(TB, w.classes, w.hidden1, w.hidden2, kSmemWeights, &s, smem_raw, &wp_s, &wa_s);
+  smem_layout(TB, w.classes, w.hidden1, w.hidden2, kSmemWeights, &s, dynamic_smem, &wp_s, &wa_s);
   Views v;
   if (kSmemWeights) {
     const int ld = smem_ld(w.hidden1);
@@ -310,7 +314,7 @@ __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptA
 constexpr int kSelectThreads = 256;
 
 __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectArgs a) {
-  extern __shared__ float d2s[];  // [K]
+  float* d2s = reinterpret_cast<float*>(dynamic_smem);  // [K]
   const int64_t n = blockIdx.x;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const float* orig = a.originals + n * a.d;
@@ -357,6 +361,19 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectArgs a) {
   }
 }
 
+// kernel<<<grid, block, smem, stream>>>(args...) through the runtime API, which reports launch errors
+// itself (and which the CPU emulator implements).
+template <class T>
+struct Same {
+  using type = T;
+};
+template <class... Params>
+cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                   typename Same<Params>::type... args) {
+  void* params[] = {&args...};
+  return cudaLaunchKernel(kernel, grid, block, params, smem, stream);
+}
+
 }  // namespace
 
 size_t aeppt_smem_bytes(int tile, int classes, int hidden1, int hidden2, bool weights) {
@@ -383,9 +400,7 @@ static cudaError_t launch_tile(const FoldedWeights& w, const AepptArgs& a, cudaS
   auto* kernel = aeppt_kernel<TB, kSmemWeights>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   if (err != cudaSuccess) return err;
-  const unsigned blocks = (unsigned)((a.batch + TB - 1) / TB);
-  kernel<<<blocks, kThreads, smem, stream>>>(w, a);
-  return cudaGetLastError();
+  return launch(kernel, dim3((unsigned)((a.batch + TB - 1) / TB)), dim3(kThreads), smem, stream, w, a);
 }
 
 cudaError_t launch_aeppt(const FoldedWeights& w, const AepptArgs& a, AepptPlan plan, cudaStream_t stream) {
@@ -403,8 +418,7 @@ cudaError_t launch_aeppt(const FoldedWeights& w, const AepptArgs& a, AepptPlan p
 
 cudaError_t launch_select(const SelectArgs& a, cudaStream_t stream) {
   if (a.n == 0 || a.k == 0) return cudaSuccess;
-  select_kernel<<<(unsigned)a.n, kSelectThreads, sizeof(float) * a.k, stream>>>(a);
-  return cudaGetLastError();
+  return launch(select_kernel, dim3((unsigned)a.n), dim3(kSelectThreads), sizeof(float) * a.k, stream, a);
 }
 
 }  // namespace cuda

@@ -1,0 +1,106 @@
+"""The CUDA kernel file run on the CPU (tests/cuda_emulator): the same checks as test_ops_cuda.py
+(equal to the CPU op and the reference, every output written), for every launch plan, under three
+thread schedules, on machines without a GPU."""
+import pytest
+import torch
+
+from mia_fast import ops
+from mia_fast.ops.reference import select_within_distance_reference
+from mia_fast.testing import aeppt_case
+
+import cuda_emulator
+
+pytestmark = pytest.mark.skipif(cuda_emulator.compiler() is None, reason="needs a C++ compiler")
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    return cuda_emulator.build(tmp_path_factory.mktemp("cuda_emulator"))
+
+
+def _assert_matches_cpu(got, want):
+    for out in got[:3]:
+        assert bool(torch.isfinite(out).all()), "an output element was not written"
+    assert float(((got[0] - want[0]).abs() <= 1e-5).float().mean()) >= 0.995
+    torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(got[2], want[2], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("classes,batch,iters", [(2, 33, 100), (10, 100, 60), (100, 70, 20), (1000, 45, 4)])
+@pytest.mark.parametrize("options", [(False, False, False), (True, True, True)])
+def test_emulated_kernel_equals_cpu(emulator, classes, batch, iters, options):
+    probs, weights, steps = aeppt_case(classes, batch, iters, seed=classes + batch)
+    _assert_matches_cpu(emulator.aeppt(probs, *weights, steps, *options), ops.aeppt(probs, *weights, steps, *options))
+
+
+@pytest.mark.parametrize("tile", [8, 16, 32])
+@pytest.mark.parametrize("weights_in_smem", [True, False])
+def test_every_launch_plan_gives_the_same_result(emulator, tile, weights_in_smem):
+    probs, weights, steps = aeppt_case(100, 37, 12, seed=3)
+    options = (True, False, True)
+    got = emulator.aeppt(probs, *weights, steps, *options, tile=tile, weights_in_smem=weights_in_smem)
+    assert got[3] == (tile, weights_in_smem)
+    _assert_matches_cpu(got, ops.aeppt(probs, *weights, steps, *options))
+    # Per sample, every plan sums in the same order: bitwise equal to the default plan.
+    default = emulator.aeppt(probs, *weights, steps, *options)
+    for a, b in zip(got[:3], default[:3]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("order", ["reverse", "shuffled"])
+def test_result_does_not_depend_on_the_thread_schedule(emulator, order):
+    probs, weights, steps = aeppt_case(10, 40, 15, seed=4)
+    forward = emulator.aeppt(probs, *weights, steps, True, True, False, tile=16)
+    emulator.schedule(order, seed=11)
+    try:
+        other = emulator.aeppt(probs, *weights, steps, True, True, False, tile=16)
+    finally:
+        emulator.schedule("forward")
+    for a, b in zip(forward[:3], other[:3]):
+        assert torch.equal(a, b)
+
+
+def test_launch_plan_for_an_h100(emulator):
+    assert emulator.plan(4096, 100) == (32, True)  # 128 blocks of 32 samples, weights in shared memory
+    assert emulator.plan(40, 100) == (8, True)  # small batch: small tiles, more SMs busy
+    assert emulator.plan(8, 1000) == (8, False)  # W_p of 1000 classes does not fit beside the tile state
+
+
+@pytest.mark.parametrize("dim,k", [(784, 16), (30, 3)])
+@pytest.mark.parametrize("squared", [False, True])
+def test_emulated_selection_equals_reference(emulator, dim, k, squared):
+    g = torch.Generator().manual_seed(dim + k)
+    originals = torch.rand(50, dim, generator=g)
+    scale = 0.03 + 0.04 * torch.rand(50, k, 1, generator=g)  # distances from 0.03 to 0.07 * sqrt(dim)
+    candidates = originals[:, None] + torch.randn(50, k, dim, generator=g) * scale
+    losses = torch.rand(50, k, generator=g)
+    losses[0, 1] = float("nan")
+    valid = torch.rand(50, k, generator=g) > 0.2
+    eps = 1.0 if dim == 784 else 0.2
+    eps = eps * eps if squared else eps
+    index, distances = emulator.select_within_distance(originals, candidates, losses, eps, valid, squared)
+    want_index, want_distances = select_within_distance_reference(originals, candidates, losses, eps, valid=valid,
+                                                                  squared=squared)
+    assert bool((index == -1).any()) and bool((index >= 0).any()), "the case should have both outcomes"
+    assert torch.equal(index, want_index)
+    torch.testing.assert_close(distances, want_distances, atol=1e-4, rtol=1e-5)
+
+
+def test_emulator_catches_missing_barriers_and_divergent_warp_operations(emulator):
+    threads = torch.arange(64, dtype=torch.int32)
+    assert torch.equal(emulator.selftest("neighbour"), (threads + 1) % 64)
+    emulator.schedule("reverse")
+    try:
+        assert torch.equal(emulator.selftest("neighbour"), (threads + 1) % 64)
+        # Without the barrier the reverse schedule reads neighbours that ran already; thread 63 reads
+        # thread 0's slot, which is not written yet (0xff poison).
+        racy = emulator.selftest("neighbour_no_barrier")
+        assert not torch.equal(racy, (threads + 1) % 64)
+    finally:
+        emulator.schedule("forward")
+    sums = emulator.selftest("warp_sum")
+    assert torch.equal(sums, torch.tensor([sum(range(0, 32))] * 32 + [sum(range(32, 64))] * 32, dtype=torch.int32))
+    with pytest.raises(cuda_emulator.EmulatorError, match="deadlock"):
+        emulator.selftest("divergent_barrier")
+    with pytest.raises(cuda_emulator.EmulatorError, match="deadlock"):
+        emulator.selftest("warp_sum_lane_missing")
