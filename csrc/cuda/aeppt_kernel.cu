@@ -1,6 +1,7 @@
 // Persistent fused AEPPT kernel (Xue et al., Algorithm 1) on the label-folded substitute MIM.
 // One block owns a tile of TB samples and runs all T iterations; the tile's state (p, h1, the
-// backward vectors and the gradient signs) lives in shared memory, weights are read through L1/L2.
+// backward vectors and the gradient signs) lives in shared memory, and so do the weights when they fit
+// beside it (C <= ~100 at TB = 32), else they are read through L1/L2.
 // Every sum runs in the same order as the CPU kernel (bias first, then k = 0, 1, ... with FMA), so
 // CPU and CUDA agree except for the last bits of the output logit.
 #include "aeppt_kernel.cuh"
@@ -16,7 +17,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kGroup = 8;  // samples per work item in the phases whose outputs are narrow
 
 struct TileSmem {
   float* p;       // [C][TB]  current vectors, transposed
@@ -24,7 +24,8 @@ struct TileSmem {
   float* a2;      // [H2][TB] a2, then 1[a2>0] * w3
   float* g1;      // [H1][TB] 1[a1>0] * W_a^T(1[a2>0] * w3); aliases h1 (each unit's thread overwrites
                   // its own h1 entries after reading them, and nothing else reads h1 then)
-  signed char* dsign;  // [C][TB] sign(W_p^T g1)
+  signed char* dsign;  // [C][TB] sign(W_p^T g1); aliases a2 when it fits (a2 is dead from the end of the
+                       // second backward layer to the next forward pass, dsign is live only in between)
   float* step;    // [TB] this iteration's step, then signed (0: no update)
   int* label;     // [TB]
   float* target;  // [TB]
@@ -33,12 +34,15 @@ struct TileSmem {
 
 __host__ __device__ inline size_t align16(size_t n) { return (n + 15) / 16 * 16; }
 
-// Position of (row, sample) in a [rows][TB] state array: the 16-byte chunks of a row are XOR-swizzled
-// by the row, so a warp that walks rows (one per lane: epilogues, per-sample loops) spreads over the
-// banks instead of hitting one, while 4 consecutive samples stay one aligned float4.
+// Row stride of the [rows][TB] state arrays: 4 floats of padding keep every row 16-byte aligned (4
+// samples are one float4 load) and spread a warp that walks rows (one per lane: epilogues, per-sample
+// loops) over 8 banks instead of one. Plain row-major, so the GEMM loops walk a pointer by a constant.
+__host__ __device__ constexpr int row_stride(int tb) { return tb + 4; }
+
+// Position of (row, sample) in a [rows][TB] state array.
 template <int TB>
 __device__ __forceinline__ int at(int row, int sample) {
-  return row * TB + ((((sample >> 2) ^ row) & (TB / 4 - 1)) << 2) + (sample & 3);
+  return row * row_stride(TB) + sample;
 }
 
 // Row stride of the weight copies in shared memory: one float of padding makes both the row-wise and
@@ -51,11 +55,12 @@ __host__ __device__ inline size_t smem_layout(int tb, int c, int h1, int h2, boo
                                               float** wp_t = nullptr, float** wa = nullptr) {
   size_t off = 0;
   auto take = [&](size_t bytes) { char* p = base + off; off += align16(bytes); return p; };
-  char* p = take(sizeof(float) * c * tb);
-  char* hh = take(sizeof(float) * h1 * tb);
-  char* a2 = take(sizeof(float) * h2 * tb);
+  const int ld = row_stride(tb);
+  char* p = take(sizeof(float) * c * ld);
+  char* hh = take(sizeof(float) * h1 * ld);
+  char* a2 = take(sizeof(float) * h2 * ld);
   char* g1 = hh;
-  char* ds = take(c * tb);
+  char* ds = c <= 4 * h2 ? a2 : take(c * ld);
   char* st = take(sizeof(float) * tb);
   char* lb = take(sizeof(int) * tb);
   char* tg = take(sizeof(float) * tb);
@@ -73,90 +78,111 @@ __host__ __device__ inline size_t smem_layout(int tb, int c, int h1, int h2, boo
   return off;
 }
 
-// A weight matrix as a phase reads it: element (k, n) at ptr[k * sk + n * sn].
+// A weight matrix as a phase reads it: element (k, n) at ptr[k * ld + n], or at ptr[k + n * ld] when
+// kStepK1 (k contiguous). The layout is a template argument so the unrolled k loop reads at constant
+// offsets from a pointer instead of computing each address.
+template <bool kStepK1>
 struct View {
   const float* __restrict__ ptr;
-  int sk, sn;
-  __device__ float operator()(int k, int n) const { return ptr[k * sk + n * sn]; }
+  int ld;
+  // Start of output n's weights, and the distance between consecutive k.
+  __device__ const float* column(int n) const { return ptr + (kStepK1 ? (size_t)n * ld : (size_t)n); }
+  __device__ int k_step() const { return kStepK1 ? 1 : ld; }
 };
 
-// The four views of the two weight matrices, in global memory or in the block's shared copies.
+// The four views of the two weight matrices: in global memory all four are stored with n contiguous
+// (transposed copies); in shared memory each matrix is stored once, so two views run along its rows.
+template <bool kSmem>
 struct Views {
-  View layer1;   // (j, i) -> W_p[i][j]
-  View layer2;   // (i, o) -> W_a[o][i]
-  View back2;    // (o, i) -> W_a[o][i]
-  View back1;    // (i, j) -> W_p[i][j]
+  View<false> layer1;  // (j, i) -> W_p[i][j]
+  View<kSmem> layer2;  // (i, o) -> W_a[o][i]
+  View<false> back2;   // (o, i) -> W_a[o][i]
+  View<kSmem> back1;   // (i, j) -> W_p[i][j]
 };
 
 __device__ inline float sigmoidf(float z) { return 1.f / (1.f + expf(-z)); }
 
 // out[n][s] = init(n, s) + sum_k W(k, n) * A[k][s] for n < n_out and the TB samples of the tile, A in
-// shared memory as [K][TB]. A warp owns 32 * RU outputs (lane + 32 r) of one group of 8 samples: per k
-// it reads RU conflict-free weights and the 8 samples as two broadcast 16-byte loads, for 8 * RU FMAs.
-// Each output is summed as init, then k = 0, 1, ... with FMA: the same order as the CPU kernel.
-template <int TB, int RU, class Init, class Epilogue>
-__device__ void tile_gemm(int n_out, int n_k, const View W, const float* A, Init init, Epilogue epilogue) {
+// shared memory as [K][TB]. A warp owns 32 * RU outputs (lane + 32 r) of one group of G samples: per k
+// it reads RU conflict-free weights and the G samples as G / 4 broadcast 16-byte loads, for G * RU
+// FMAs. Each output is summed as init, then k = 0, 1, ... with FMA: the same order as the CPU kernel.
+template <int TB, int RU, int G, bool kStepK1, class Init, class Epilogue>
+__device__ void tile_gemm(int n_out, int n_k, const View<kStepK1> W, const float* A, Init init, Epilogue epilogue) {
+  static_assert(G == 4 || G == 8, "a sample group is one or two float4");
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int columns = (n_out + 32 * RU - 1) / (32 * RU);
-  const int items = columns * (TB / kGroup);
+  const int items = columns * (TB / G);
+  const int k_step = W.k_step();
   for (int item = warp; item < items; item += kWarps) {
-    const int n0 = (item % columns) * 32 * RU + lane, s0 = (item / columns) * kGroup;
-    float acc[RU][kGroup];
+    const int n0 = (item % columns) * 32 * RU + lane, s0 = (item / columns) * G;
+    // Outputs past n_out compute on the last valid column (in bounds, no test in the loop) and are
+    // never stored.
+    const float* __restrict__ wr[RU];
+    float acc[RU][G];
 #pragma unroll
-    for (int r = 0; r < RU; ++r)
+    for (int r = 0; r < RU; ++r) {
+      const int n = min(n0 + 32 * r, n_out - 1);
+      wr[r] = W.column(n);
 #pragma unroll
-      for (int q = 0; q < kGroup; ++q) acc[r][q] = n0 + 32 * r < n_out ? init(n0 + 32 * r, s0 + q) : 0.f;
-#pragma unroll 2
-    for (int k = 0; k < n_k; ++k) {
-      float w[RU];
+      for (int q = 0; q < G; ++q) acc[r][q] = init(n, s0 + q);
+    }
+    const float* a = A + s0;
+#pragma unroll 4
+    for (int k = 0; k < n_k; ++k, a += row_stride(TB)) {
+      float x[G];
 #pragma unroll
-      for (int r = 0; r < RU; ++r) w[r] = n0 + 32 * r < n_out ? W(k, n0 + 32 * r) : 0.f;
-      const float4 u = *reinterpret_cast<const float4*>(A + at<TB>(k, s0));
-      const float4 v = *reinterpret_cast<const float4*>(A + at<TB>(k, s0 + 4));
-      const float x[kGroup] = {u.x, u.y, u.z, u.w, v.x, v.y, v.z, v.w};
+      for (int h = 0; h < G / 4; ++h) {
+        const float4 u = *reinterpret_cast<const float4*>(a + 4 * h);
+        x[4 * h] = u.x, x[4 * h + 1] = u.y, x[4 * h + 2] = u.z, x[4 * h + 3] = u.w;
+      }
 #pragma unroll
-      for (int r = 0; r < RU; ++r)
+      for (int r = 0; r < RU; ++r) {
+        const float w = wr[r][k * k_step];
 #pragma unroll
-        for (int q = 0; q < kGroup; ++q) acc[r][q] = fmaf(x[q], w[r], acc[r][q]);
+        for (int q = 0; q < G; ++q) acc[r][q] = fmaf(x[q], w, acc[r][q]);
+      }
     }
 #pragma unroll
     for (int r = 0; r < RU; ++r)
       if (n0 + 32 * r < n_out)
 #pragma unroll
-        for (int q = 0; q < kGroup; ++q) epilogue(n0 + 32 * r, s0 + q, acc[r][q]);
+        for (int q = 0; q < G; ++q) epilogue(n0 + 32 * r, s0 + q, acc[r][q]);
   }
 }
 
-// Wide outputs (H1 units) take TB / 8 outputs per thread, so a 256-unit layer keeps all 8 warps busy.
+// Work split of each phase over the 8 warps: H1-wide outputs take TB / 8 outputs per thread and groups
+// of 8 samples (2 * 4 items at TB = 32); the 64-wide second layer takes groups of 4 samples so that all
+// 8 warps get an item; the C-wide last one takes groups of 8 (C = 100: 2 * 4 items).
+constexpr int narrow_units(int tb) { return tb >= 32 ? 2 : 1; }
 
 // h1[i][s] = relu(b_p[i] + sum_j W_p[i][j] p[s][j])
-template <int TB>
-__device__ void forward_layer1(const FoldedWeights& w, const View W, const TileSmem& s) {
-  tile_gemm<TB, TB / kGroup>(
+template <int TB, class V>
+__device__ void forward_layer1(const FoldedWeights& w, const V W, const TileSmem& s) {
+  tile_gemm<TB, TB / 8, 8>(
       w.hidden1, w.classes, W, s.p, [&](int i, int) { return w.bp[i]; },
       [&](int i, int q, float a) { s.h1[at<TB>(i, q)] = a > 0.f ? a : 0.f; });
 }
 
 // a2[o][s] = c[label s][o] + sum_i W_a[o][i] h1[i][s]
-template <int TB>
-__device__ void forward_layer2(const FoldedWeights& w, const View W, const TileSmem& s) {
-  tile_gemm<TB, 2>(
+template <int TB, class V>
+__device__ void forward_layer2(const FoldedWeights& w, const V W, const TileSmem& s) {
+  tile_gemm<TB, (TB >= 32 ? 2 : 1), 4>(
       w.hidden2, w.hidden1, W, s.h1, [&](int o, int q) { return w.table[(size_t)s.label[q] * w.hidden2 + o]; },
       [&](int o, int q, float a) { s.a2[at<TB>(o, q)] = a; });
 }
 
 // g1[i][s] = 1[h1 > 0] * sum_o W_a[o][i] g2[o][s]  (written over h1: each entry by the thread that read it)
-template <int TB>
-__device__ void backward_layer2(const FoldedWeights& w, const View W, const TileSmem& s) {
-  tile_gemm<TB, TB / kGroup>(
+template <int TB, class V>
+__device__ void backward_layer2(const FoldedWeights& w, const V W, const TileSmem& s) {
+  tile_gemm<TB, TB / 8, 8>(
       w.hidden1, w.hidden2, W, s.a2, [](int, int) { return 0.f; },
       [&](int i, int q, float a) { s.g1[at<TB>(i, q)] = s.h1[at<TB>(i, q)] > 0.f ? a : 0.f; });
 }
 
 // dsign[j][s] = sign(sum_i W_p[i][j] g1[i][s])
-template <int TB>
-__device__ void backward_layer1(const FoldedWeights& w, const View W, const TileSmem& s) {
-  tile_gemm<TB, 2>(
+template <int TB, class V>
+__device__ void backward_layer1(const FoldedWeights& w, const V W, const TileSmem& s) {
+  tile_gemm<TB, 2, 8>(
       w.classes, w.hidden1, W, s.g1, [](int, int) { return 0.f; },
       [&](int j, int q, float a) { s.dsign[at<TB>(j, q)] = (signed char)((a > 0.f) - (a < 0.f)); });
 }
@@ -201,17 +227,16 @@ __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptA
   TileSmem s;
   float *wp_s = nullptr, *wa_s = nullptr;
   smem_layout(TB, w.classes, w.hidden1, w.hidden2, kSmemWeights, &s, dynamic_smem, &wp_s, &wa_s);
-  Views v;
-  if (kSmemWeights) {
+  Views<kSmemWeights> v;
+  if constexpr (kSmemWeights) {
     const int ld = smem_ld(w.hidden1);
     for (int idx = threadIdx.x; idx < w.classes * w.hidden1; idx += kThreads)
       wp_s[(idx / w.hidden1) * ld + idx % w.hidden1] = w.wp_t[idx];
     for (int idx = threadIdx.x; idx < w.hidden2 * w.hidden1; idx += kThreads)
       wa_s[(idx / w.hidden1) * ld + idx % w.hidden1] = w.wa[idx];
-    v = Views{View{wp_s, ld, 1}, View{wa_s, 1, ld}, View{wa_s, ld, 1}, View{wp_s, 1, ld}};
+    v = Views<true>{{wp_s, ld}, {wa_s, ld}, {wa_s, ld}, {wp_s, ld}};
   } else {
-    v = Views{View{w.wp_t, w.hidden1, 1}, View{w.wa_t, w.hidden2, 1}, View{w.wa, w.hidden1, 1},
-              View{w.wp, w.classes, 1}};
+    v = Views<false>{{w.wp_t, w.hidden1}, {w.wa_t, w.hidden2}, {w.wa, w.hidden1}, {w.wp, w.classes}};
   }
   const int64_t b0 = (int64_t)blockIdx.x * TB;
   const int nvalid = (int)min((int64_t)TB, a.batch - b0);
