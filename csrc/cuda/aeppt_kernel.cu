@@ -153,7 +153,6 @@ __device__ void tile_gemm(int n_out, int n_k, const View<kStepK1> W, const float
 // Work split of each phase over the 8 warps: H1-wide outputs take TB / 8 outputs per thread and groups
 // of 8 samples (2 * 4 items at TB = 32); the 64-wide second layer takes groups of 4 samples so that all
 // 8 warps get an item; the C-wide last one takes groups of 8 (C = 100: 2 * 4 items).
-constexpr int narrow_units(int tb) { return tb >= 32 ? 2 : 1; }
 
 // h1[i][s] = relu(b_p[i] + sum_j W_p[i][j] p[s][j])
 template <int TB, class V>
