@@ -10,7 +10,9 @@ Variants (fp32, TF32 off, T = 100, C = 100, eps = 9e-4, default-initialised subs
   graph-folded        label-folded math with a hand-written backward (no autograd), one CUDA graph
   compile-folded      the same under torch.compile(mode="reduce-overhead")
   fused               mia_fast.ops.aeppt (one kernel launch)
-Every variant is checked against the fused op before it is timed. Times: median of >= 20 runs after
+  fused-3xtf32        the same with precision="3xtf32" (products on the tensor cores)
+Every variant is checked against the fused op before it is timed; "sign agreement" compares one step's
+gradient signs of the fused op (fp32 and 3xTF32) with autograd in fp64. Times: median of >= 20 runs after
 warm-up, CUDA events. The fp32 floor is 2 * (C*H1 + H1*H2 + H2) * 2 flops per sample-iteration over
 the measured SGEMM rate. Also times the selection kernel against PyTorch and a device copy.
 """
@@ -23,7 +25,7 @@ import torch
 
 from mia_fast import ops
 from mia_fast.models import SubstituteMIM
-from mia_fast.ops.reference import aeppt_loop, select_within_distance_reference
+from mia_fast.ops.reference import aeppt_loop, folded_logit, select_within_distance_reference
 from mia_fast.testing import random_probs
 
 C, T, EPS = 100, 100, 9e-4
@@ -111,6 +113,7 @@ def bench_aeppt(batches, compile_batches, only=None):
             "graph-autograd": "graph", "compile-autograd": "compile",
             "graph-folded": "graph", "compile-folded": "compile",
             "fused": lambda: ops.aeppt(probs, *weights, steps)[0],
+            "fused-3xtf32": lambda: ops.aeppt(probs, *weights, steps, precision="3xtf32")[0],
         }
         for name in [v for v in variants if not only or v in only]:
             row = {"batch": batch, "variant": name}
@@ -145,6 +148,27 @@ def bench_aeppt(batches, compile_batches, only=None):
             rows.append(row)
             print(json.dumps(row), flush=True)
     return {"sgemm_tflops": tflops, "flops_per_sample_iter": flops_per, "rows": rows}
+
+
+def sign_agreement(batch=4096):
+    """Share of one step's gradient signs that the fused op (fp32, 3xTF32) shares with fp64 autograd."""
+    torch.manual_seed(0)
+    weights = SubstituteMIM(C).requires_grad_(False).cuda().fold().weights()
+    probs = random_probs(batch, C, torch.Generator().manual_seed(1)).cuda()
+    labels = probs.argmax(1)
+    w64 = [w.double() for w in weights]
+    x = probs.double().requires_grad_(True)
+    z = folded_logit(x, labels, *w64)
+    target = (torch.sigmoid(z.detach()) >= 0.5).double()
+    torch.nn.functional.binary_cross_entropy_with_logits(z, target, reduction="sum").backward()
+    want = x.grad.sign()
+    steps = torch.full((1, batch), 1e-3, device="cuda")  # probs > 0, so adv - probs keeps the sign
+    result = {}
+    for precision in ops.PRECISIONS:
+        adv = ops.aeppt(probs, *weights, steps, precision=precision)[0]
+        result[precision] = float(((adv - probs).sign().double() == want).double().mean())
+    print(json.dumps({"sign_agreement_vs_fp64": result}), flush=True)
+    return result
 
 
 def bench_select():
@@ -183,6 +207,7 @@ def main():
     torch.backends.cudnn.allow_tf32 = False
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
               "date": time.strftime("%Y-%m-%d"), "aeppt": bench_aeppt(args.batches, set(args.compile_batches), args.variants),
+              "sign_agreement_vs_fp64": sign_agreement(),
               "select": {"copy_GBps": float("nan"), "rows": []} if args.no_select else bench_select()}
     print(f"\n{result['device']}, torch {result['torch']}, CUDA {result['cuda']}; SGEMM "
           f"{result['aeppt']['sgemm_tflops']:.1f} TFLOP/s; copy {result['select']['copy_GBps']:.0f} GB/s")
@@ -194,6 +219,8 @@ def main():
         else:
             print(f"| {r['batch']} | {r['variant']} | {r['ms']:.3f} | {r['samples_iters_per_s']:.3g} | "
                   f"{r['pct_floor']:.1f} | {r['agree']:.4f} |")
+    print("\nOne step's gradient signs equal to fp64 autograd's (B = 4096): " + ", ".join(
+        f"{k} {v:.6f}" for k, v in result["sign_agreement_vs_fp64"].items()))
     print("\n| D | variant | ms | GB/s | % of copy | index agree |")
     print("|---|---|---|---|---|---|")
     for r in result["select"]["rows"]:

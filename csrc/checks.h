@@ -4,6 +4,7 @@
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <c10/util/Optional.h>
+#include <c10/util/string_view.h>
 
 namespace mia_fast {
 
@@ -50,6 +51,17 @@ inline AepptShape check_aeppt_args(const at::Tensor& probs, const at::Tensor& w_
   TORCH_CHECK(b_out.size(0) == 1, op, ": b_out must be [1], got ", b_out.sizes());
   TORCH_CHECK(steps.size(1) == s.batch, op, ": steps must be [T, B=", s.batch, "], got ", steps.sizes());
   return s;
+}
+
+// The AEPPT op's precision argument: true for "3xtf32" (tensor cores), false for "fp32".
+inline bool check_aeppt_precision(c10::string_view precision, const at::Tensor& probs) {
+  const char* op = "mia_fast::aeppt";
+  TORCH_CHECK(precision == "fp32" || precision == "3xtf32", op, ": precision must be 'fp32' or '3xtf32', got '",
+              precision, "'");
+  const bool tensor_cores = precision == "3xtf32";
+  TORCH_CHECK(!tensor_cores || probs.is_cuda(), op, ": precision='3xtf32' runs on CUDA tensor cores, but probs is on ",
+              probs.device(), " (the CPU kernel computes in fp32)");
+  return tensor_cores;
 }
 
 struct SelectShape {

@@ -12,10 +12,11 @@ PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(mia_fast, m) {
   // AEPPT (Xue et al., Algorithm 1) on the label-folded substitute MIM; see mia_fast/ops/reference.py.
+  // precision: "fp32", or "3xtf32" (CUDA only: products on the tensor cores, about fp32 accuracy).
   m.def(
       "aeppt(Tensor probs, Tensor w_pred, Tensor b_pred, Tensor w_hidden, Tensor class_table, "
       "Tensor w_out, Tensor b_out, Tensor steps, bool preserve_label, bool stop_when_flipped, "
-      "bool renormalize) -> (Tensor, Tensor, Tensor)");
+      "bool renormalize, str precision=\"fp32\") -> (Tensor, Tensor, Tensor)");
   // Distance-constrained selection (Bai et al., Algorithm 1).
   m.def(
       "select_within_distance(Tensor originals, Tensor candidates, Tensor losses, float eps, "

@@ -61,10 +61,12 @@ def main():
 @click.option("--stop-when-flipped", is_flag=True, help="Stop a sample once I' crossed 0.5.")
 @click.option("--renormalize", is_flag=True, help="Make each output sum to 1 again.")
 @click.option("--allow-unnormalized", is_flag=True, help="Accept rows that do not sum to 1.")
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "3xtf32"]),
+              help="3xtf32: tensor-core products on CUDA (experimental, about fp32 accuracy).")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the summary as JSON.")
 @_one_line_errors
 def defend(predictions, mim, run_dir, eps, iters, batch, out, device, seed, preserve_label, stop_when_flipped,
-           renormalize, allow_unnormalized, json_out):
+           renormalize, allow_unnormalized, precision, json_out):
     """Turn confidence vectors into AEPPT adversarial predictions (Xue et al., Algorithm 1)."""
     if run_dir is not None:
         run = RunDir(run_dir)
@@ -75,6 +77,8 @@ def defend(predictions, mim, run_dir, eps, iters, batch, out, device, seed, pres
     if eps < 0:
         raise InputError(f"--eps must be >= 0, got {eps}")
     dev = _device(device)
+    if precision != "fp32" and dev.type != "cuda":
+        raise InputError(f"--precision {precision} runs on CUDA tensor cores; add --device cuda")
     model, _ = load_substitute(mim)
     folded = model.fold().to(dev)
     data = load_array(predictions, what="predictions", mmap=True)
@@ -102,7 +106,7 @@ def defend(predictions, mim, run_dir, eps, iters, batch, out, device, seed, pres
                                 row_offset=start)
             res = aeppt(part.to(dev), folded, eps, iters, generator=gen, preserve_label=preserve_label,
                         stop_when_flipped=stop_when_flipped, renormalize=renormalize, chunk_size=batch,
-                        check_inputs=False)
+                        check_inputs=False, precision=precision)
             adv = res.adversarial.cpu()
             if sink is not None:
                 sink[start:start + len(adv)] = adv.numpy()
@@ -118,7 +122,7 @@ def defend(predictions, mim, run_dir, eps, iters, batch, out, device, seed, pres
         else:
             torch.save(torch.cat(kept), tmp)
     elapsed = time.perf_counter() - started
-    summary = {"n": n, "classes": c, "eps": eps, "iters": iters, "device": device, "seed": seed,
+    summary = {"n": n, "classes": c, "eps": eps, "iters": iters, "device": device, "precision": precision, "seed": seed,
                "mean_l1": l1_sum / n, "max_l1": l1_max, "label_flips": flips,
                "decision_flip_rate": decision_flips / n, "seconds": elapsed, "predictions_per_s": n / elapsed}
     click.echo(f"defended {n} predictions ({c} classes) -> {out}")

@@ -60,6 +60,14 @@ def test_outputs_get_ordinary_permissions(files):
         os.umask(old)
 
 
+def test_tensor_core_precision_needs_cuda(files):
+    out = files / "tc.npy"
+    result = _defend(files, files / "nonmembers.npy", out, "--precision", "3xtf32")
+    assert result.exit_code != 0 and result.output.strip() == (
+        "Error: --precision 3xtf32 runs on CUDA tensor cores; add --device cuda")
+    assert not out.exists()
+
+
 def _write(path, array):
     if path.suffix == ".npy":
         np.save(path, array)

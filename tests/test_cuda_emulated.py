@@ -47,6 +47,26 @@ def test_every_launch_plan_gives_the_same_result(emulator, tile, weights_in_smem
         assert torch.equal(a, b)
 
 
+# 3xTF32 on the tensor cores (mma.sync emulated lane by lane: slow, so small cases): fp32 accuracy, so the
+# same bands as the fp32 kernel against the CPU op.
+@pytest.mark.parametrize("classes,batch,iters,options", [(10, 40, 6, (False, False, False)),
+                                                         (100, 24, 3, (True, True, True)),
+                                                         (1000, 9, 1, (False, False, True))])
+def test_emulated_tensor_core_kernel_matches_cpu(emulator, classes, batch, iters, options):
+    probs, weights, steps = aeppt_case(classes, batch, iters, seed=classes + batch + 1)
+    got = emulator.aeppt(probs, *weights, steps, *options, tensor_cores=True)
+    _assert_matches_cpu(got, ops.aeppt(probs, *weights, steps, *options))
+
+
+@pytest.mark.parametrize("tile", [16, 32])
+@pytest.mark.parametrize("weights_in_smem", [True, False])
+def test_tensor_core_launch_plans(emulator, tile, weights_in_smem):
+    probs, weights, steps = aeppt_case(100, 37, 1, seed=8)
+    got = emulator.aeppt(probs, *weights, steps, tensor_cores=True, tile=tile, weights_in_smem=weights_in_smem)
+    assert got[3] == (tile, weights_in_smem)
+    _assert_matches_cpu(got, ops.aeppt(probs, *weights, steps))
+
+
 @pytest.mark.parametrize("order", ["reverse", "shuffled"])
 def test_result_does_not_depend_on_the_thread_schedule(emulator, order):
     probs, weights, steps = aeppt_case(10, 40, 15, seed=4)
@@ -64,6 +84,7 @@ def test_launch_plan_for_an_h100(emulator):
     assert emulator.plan(4096, 100) == (32, True)  # 128 blocks of 32 samples, weights in shared memory
     assert emulator.plan(40, 100) == (8, True)  # small batch: small tiles, more SMs busy
     assert emulator.plan(8, 1000) == (8, False)  # W_p of 1000 classes does not fit beside the tile state
+    assert emulator.plan(4096, 100, tensor_cores=True) == (32, True)  # wider weight rows still fit
 
 
 @pytest.mark.parametrize("dim,k", [(784, 16), (30, 3)])

@@ -46,7 +46,9 @@ def test_defense_module_drops_into_a_model(trained_mim):
     out = defended(x)
     assert out.shape == (64, 10)
     assert torch.equal(out.argmax(1), torch.softmax(target(x), 1).argmax(1))
-    assert "eps=0.001" in repr(defended)
+    assert "eps=0.001" in repr(defended) and "precision=fp32" in repr(defended)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        AEPPTDefense(model, eps=1e-3, precision="half")
 
 
 def test_defense_module_under_torch_compile_fullgraph(trained_mim):

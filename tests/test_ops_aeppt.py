@@ -153,3 +153,16 @@ def test_bad_arguments_name_the_argument():
         torch.ops.mia_fast.aeppt(probs.double(), *weights, steps, False, False, False)
     with pytest.raises(RuntimeError, match="w_pred must be \\[H1, C=10\\]"):
         torch.ops.mia_fast.aeppt(probs, weights[0][:, :5].contiguous(), *weights[1:], steps, False, False, False)
+    with pytest.raises(RuntimeError, match="precision must be 'fp32' or '3xtf32', got 'fp16'"):
+        torch.ops.mia_fast.aeppt(probs, *weights, steps, False, False, False, "fp16")
+    with pytest.raises(RuntimeError, match="precision='3xtf32' runs on CUDA tensor cores, but probs is on cpu"):
+        torch.ops.mia_fast.aeppt(probs, *weights, steps, False, False, False, "3xtf32")
+
+
+def test_precision_is_checked_before_anything_runs():
+    probs, weights, steps = aeppt_case(10, 9, 3, seed=15)
+    with pytest.raises(ValueError, match="precision must be one of \\('fp32', '3xtf32'\\), got 'tf32'"):
+        ops.aeppt(probs, *weights, steps, precision="tf32")
+    with pytest.raises(ValueError, match="precision='3xtf32' runs on CUDA tensor cores, but probs is on cpu"):
+        ops.aeppt(probs, *weights, steps, precision="3xtf32")
+    assert torch.equal(ops.aeppt(probs, *weights, steps, precision="fp32")[0], ops.aeppt(probs, *weights, steps)[0])

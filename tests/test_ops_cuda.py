@@ -30,6 +30,20 @@ def test_cuda_equals_cpu_and_writes_every_element(classes, batch, options):
     torch.testing.assert_close(gpu[1].cpu(), cpu[1], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("classes,batch", [(10, 100), (100, 4097), (1000, 45)])
+def test_tensor_cores_match_fp32_cpu(classes, batch):
+    probs, weights, steps = aeppt_case(classes, batch, 100, seed=classes + batch + 1)
+    options = (True, False, True)
+    cpu = ops.aeppt(probs, *weights, steps, *options)
+    _poison_allocator()
+    gpu = ops.aeppt(*[t.cuda() for t in (probs, *weights, steps)], *options, precision="3xtf32")
+    torch.cuda.synchronize()
+    for got in gpu:
+        assert bool(torch.isfinite(got).all()), "an output element was not written"
+    assert float(((gpu[0].cpu() - cpu[0]).abs() <= 1e-5).float().mean()) >= 0.995
+    torch.testing.assert_close(gpu[1].cpu(), cpu[1], atol=1e-5, rtol=0)
+
+
 def test_selection_writes_every_element():
     g = torch.Generator().manual_seed(0)
     o = torch.rand(300, 784, generator=g)

@@ -267,8 +267,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> aeppt_cpu(const at::Tensor& probs
                                                          const at::Tensor& class_table, const at::Tensor& w_out,
                                                          const at::Tensor& b_out, const at::Tensor& steps,
                                                          bool preserve_label, bool stop_when_flipped,
-                                                         bool renormalize) {
+                                                         bool renormalize, c10::string_view precision) {
   const AepptShape s = check_aeppt_args(probs, w_pred, b_pred, w_hidden, class_table, w_out, b_out, steps);
+  check_aeppt_precision(precision, probs);
   const PackedMim m = pack(w_pred, b_pred, w_hidden, class_table, w_out, b_out);
   auto adv = at::empty_like(probs);
   auto score_in = at::empty({s.batch}, probs.options());

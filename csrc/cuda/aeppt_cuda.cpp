@@ -16,15 +16,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> aeppt_cuda(const at::Tensor& prob
                                                           const at::Tensor& class_table, const at::Tensor& w_out,
                                                           const at::Tensor& b_out, const at::Tensor& steps,
                                                           bool preserve_label, bool stop_when_flipped,
-                                                          bool renormalize) {
+                                                          bool renormalize, c10::string_view precision) {
   const AepptShape s = check_aeppt_args(probs, w_pred, b_pred, w_hidden, class_table, w_out, b_out, steps);
+  const bool tensor_cores = check_aeppt_precision(precision, probs);
   const c10::cuda::CUDAGuard guard(probs.device());
   auto adv = at::empty_like(probs);
   auto score_in = at::empty({s.batch}, probs.options());
   auto score_out = at::empty({s.batch}, probs.options());
   if (s.batch == 0) return {adv, score_in, score_out};
   const auto& prop = *at::cuda::getCurrentDeviceProperties();
-  const AepptPlan plan = aeppt_plan(s.batch, int(s.classes), int(s.hidden1), int(s.hidden2),
+  TORCH_CHECK(!tensor_cores || prop.major >= 8, "mia_fast::aeppt: precision='3xtf32' needs TF32 tensor cores "
+              "(compute capability 8.0 or later), this GPU is ", prop.major, ".", prop.minor);
+  const AepptPlan plan = aeppt_plan(s.batch, int(s.classes), int(s.hidden1), int(s.hidden2), tensor_cores,
                                     prop.sharedMemPerBlockOptin, prop.multiProcessorCount);
   TORCH_CHECK(plan.tile > 0, "mia_fast::aeppt (CUDA): C=", s.classes, ", H1=", s.hidden1, ", H2=", s.hidden2,
               " need more shared memory per block than this GPU has (", prop.sharedMemPerBlockOptin, " bytes)");

@@ -45,14 +45,19 @@ __device__ __forceinline__ int at(int row, int sample) {
   return row * row_stride(TB) + sample;
 }
 
-// Row stride of the weight copies in shared memory: one float of padding makes both the row-wise and
-// the column-wise reads of a warp conflict-free.
-__host__ __device__ inline int smem_ld(int h1) { return h1 + 1; }
+// Row stride of the weight copies in shared memory. FMA path: one float of padding makes both the
+// row-wise and the column-wise reads of a warp (32 consecutive outputs) conflict-free. Tensor-core
+// path: a stride of 4 mod 32 makes the fragment reads along rows conflict-free and those along
+// columns 2-way at most.
+__host__ __device__ inline int smem_ld(int h1, bool tensor_cores) {
+  return tensor_cores ? (h1 + 31) / 32 * 32 + 4 : h1 + 1;
+}
 
-// Layout of the dynamic shared memory; with `weights`, one copy of W_p^T [C][H1+1] and W_a [H2][H1+1]
+// Layout of the dynamic shared memory; with `weights`, one copy of W_p^T [C][ld] and W_a [H2][ld]
 // follows the tile state. Returns the bytes used.
-__host__ __device__ inline size_t smem_layout(int tb, int c, int h1, int h2, bool weights, TileSmem* s, char* base,
-                                              float** wp_t = nullptr, float** wa = nullptr) {
+__host__ __device__ inline size_t smem_layout(int tb, int c, int h1, int h2, bool weights, bool tensor_cores,
+                                              TileSmem* s, char* base, float** wp_t = nullptr,
+                                              float** wa = nullptr) {
   size_t off = 0;
   auto take = [&](size_t bytes) { char* p = base + off; off += align16(bytes); return p; };
   const int ld = row_stride(tb);
@@ -66,8 +71,8 @@ __host__ __device__ inline size_t smem_layout(int tb, int c, int h1, int h2, boo
   char* tg = take(sizeof(float) * tb);
   char* ac = take(sizeof(int) * tb);
   if (weights) {
-    char* w1 = take(sizeof(float) * c * smem_ld(h1));
-    char* w2 = take(sizeof(float) * h2 * smem_ld(h1));
+    char* w1 = take(sizeof(float) * c * smem_ld(h1, tensor_cores));
+    char* w2 = take(sizeof(float) * h2 * smem_ld(h1, tensor_cores));
     if (wp_t != nullptr) *wp_t = (float*)w1;
     if (wa != nullptr) *wa = (float*)w2;
   }
@@ -150,38 +155,160 @@ __device__ void tile_gemm(int n_out, int n_k, const View<kStepK1> W, const float
   }
 }
 
-// Work split of each phase over the 8 warps: H1-wide outputs take TB / 8 outputs per thread and groups
-// of 8 samples (2 * 4 items at TB = 32); the 64-wide second layer takes groups of 4 samples so that all
-// 8 warps get an item; the C-wide last one takes groups of 8 (C = 100: 2 * 4 items).
+// TF32 of x (round to nearest, ties away from zero), as the tensor cores take it: an fp32 bit pattern
+// with the low 13 mantissa bits zero.
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+#ifdef __CUDA_ARCH__
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+#else  // the same rounding in plain C++, for the CPU emulator (tests/cuda_emulator)
+  uint32_t bits = __float_as_uint(x);
+  if ((bits & 0x7f800000u) != 0x7f800000u) bits += 0x1000u;
+  return bits & 0xffffe000u;
+#endif
+}
+
+// d += a b for one 16x8 tile of D, one 16x8 tile of A (row-major) and one 8x8 tile of B (column-major),
+// each spread over the warp's lanes as PTX's mma.m16n8k8 .tf32 fragments: with g = lane / 4 and
+// t = lane % 4, a = {A[g][t], A[g+8][t], A[g][t+4], A[g+8][t+4]}, b = {B[t][g], B[t+4][g]},
+// d = {D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1]}.
+__device__ __forceinline__ void mma_tf32(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+#ifdef __CUDA_ARCH__
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else  // the same product gathered from the fragments with shuffles, for the CPU emulator
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  for (int k = 0; k < 8; ++k) {
+    const int from = k % 4;  // lanes g' * 4 + k % 4 hold column k of A (row g') and row k of B (column g')
+    const float a_g = __uint_as_float(__shfl_sync(0xffffffffu, k < 4 ? a[0] : a[2], g * 4 + from));
+    const float a_g8 = __uint_as_float(__shfl_sync(0xffffffffu, k < 4 ? a[1] : a[3], g * 4 + from));
+    const float b_0 = __uint_as_float(__shfl_sync(0xffffffffu, k < 4 ? b[0] : b[1], 2 * t * 4 + from));
+    const float b_1 = __uint_as_float(__shfl_sync(0xffffffffu, k < 4 ? b[0] : b[1], (2 * t + 1) * 4 + from));
+    d[0] = fmaf(a_g, b_0, d[0]);
+    d[1] = fmaf(a_g, b_1, d[1]);
+    d[2] = fmaf(a_g8, b_0, d[2]);
+    d[3] = fmaf(a_g8, b_1, d[3]);
+  }
+#endif
+}
+
+// x = hi + lo, hi = TF32(x), lo = TF32(x - hi).
+__device__ __forceinline__ void split_tf32(float x, uint32_t& hi, uint32_t& lo) {
+  hi = to_tf32(x);
+  lo = to_tf32(x - __uint_as_float(hi));
+}
+
+// tile_gemm's product on the tensor cores in 3xTF32: x w = x_hi w_hi + x_hi w_lo + x_lo w_hi (the
+// dropped x_lo w_lo is ~2^-22 of it), so about fp32 accuracy, but the sums inside an MMA run in the
+// hardware's order: results differ from tile_gemm in the last bits. A warp owns MT tiles of 16
+// outputs by NT tiles of 8 samples; k runs in steps of 8, zero-padded past n_k.
+template <int TB, int MT, int NT, bool kStepK1, class Init, class Epilogue>
+__device__ void tile_mma(int n_out, int n_k, const View<kStepK1> W, const float* A, Init init, Epilogue epilogue) {
+  static_assert(TB % (8 * NT) == 0, "sample tiles must cover the tile");
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+  const int columns = (n_out + 16 * MT - 1) / (16 * MT);
+  const int items = columns * (TB / (8 * NT));
+  const int k_step = W.k_step();
+  for (int item = warp; item < items; item += kWarps) {
+    const int n0 = (item % columns) * 16 * MT, s0 = (item / columns) * 8 * NT;
+    // Rows g and g + 8 of each output tile (past n_out: the last valid row, never stored).
+    const float* __restrict__ wr[MT][2];
+    float acc[MT][NT][4];
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int n = min(n0 + 16 * m + g + 8 * h, n_out - 1);
+        wr[m][h] = W.column(n);
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          acc[m][j][2 * h] = init(n, s0 + 8 * j + 2 * t);
+          acc[m][j][2 * h + 1] = init(n, s0 + 8 * j + 2 * t + 1);
+        }
+      }
+    for (int k0 = 0; k0 < n_k; k0 += 8) {
+      const int k_lo = k0 + t, k_hi = k0 + t + 4;
+      uint32_t a_hi[MT][4], a_lo[MT][4];
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int k = i < 2 ? k_lo : k_hi;
+          split_tf32(k < n_k ? wr[m][i % 2][k * k_step] : 0.f, a_hi[m][i], a_lo[m][i]);
+        }
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        uint32_t b_hi[2], b_lo[2];
+        const float* x = A + s0 + 8 * j + g;
+        split_tf32(k_lo < n_k ? x[k_lo * row_stride(TB)] : 0.f, b_hi[0], b_lo[0]);
+        split_tf32(k_hi < n_k ? x[k_hi * row_stride(TB)] : 0.f, b_hi[1], b_lo[1]);
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          mma_tf32(acc[m][j], a_lo[m], b_hi);
+          mma_tf32(acc[m][j], a_hi[m], b_lo);
+          mma_tf32(acc[m][j], a_hi[m], b_hi);
+        }
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int n = n0 + 16 * m + g + 8 * (i / 2);
+        if (n < n_out)
+#pragma unroll
+          for (int j = 0; j < NT; ++j) epilogue(n, s0 + 8 * j + 2 * t + i % 2, acc[m][j][i]);
+      }
+  }
+}
+
+// One phase's product out = init + W^T A: on the FMA units (tile_gemm: RU outputs per lane, groups of
+// G samples) or, with kTensorCores, on the tensor cores (tile_mma: MT x NT tiles per warp).
+//
+// Work split over the 8 warps: H1-wide outputs take TB / 8 outputs per lane and groups of 8 samples
+// (2 * 4 items at TB = 32), or 2 x TB / 8 tiles per warp (8 items); the 64-wide second layer takes
+// groups of 4 samples so that all 8 warps get an item (tensor cores: 1 x TB / 16 tiles); the C-wide
+// last one takes groups of 8 (C = 100: 2 * 4 items; tensor cores: 7 items of 1 x TB / 8 tiles).
+template <int TB, bool kTensorCores, int RU, int G, int MT, int NT, class V, class Init, class Epilogue>
+__device__ void tile_product(int n_out, int n_k, const V W, const float* A, Init init, Epilogue epilogue) {
+  if constexpr (kTensorCores) {
+    tile_mma<TB, MT, NT>(n_out, n_k, W, A, init, epilogue);
+  } else {
+    tile_gemm<TB, RU, G>(n_out, n_k, W, A, init, epilogue);
+  }
+}
 
 // h1[i][s] = relu(b_p[i] + sum_j W_p[i][j] p[s][j])
-template <int TB, class V>
+template <int TB, bool kTC, class V>
 __device__ void forward_layer1(const FoldedWeights& w, const V W, const TileSmem& s) {
-  tile_gemm<TB, TB / 8, 8>(
+  tile_product<TB, kTC, TB / 8, 8, 2, TB / 8>(
       w.hidden1, w.classes, W, s.p, [&](int i, int) { return w.bp[i]; },
       [&](int i, int q, float a) { s.h1[at<TB>(i, q)] = a > 0.f ? a : 0.f; });
 }
 
 // a2[o][s] = c[label s][o] + sum_i W_a[o][i] h1[i][s]
-template <int TB, class V>
+template <int TB, bool kTC, class V>
 __device__ void forward_layer2(const FoldedWeights& w, const V W, const TileSmem& s) {
-  tile_gemm<TB, (TB >= 32 ? 2 : 1), 4>(
+  tile_product<TB, kTC, (TB >= 32 ? 2 : 1), 4, 1, (TB >= 16 ? TB / 16 : 1)>(
       w.hidden2, w.hidden1, W, s.h1, [&](int o, int q) { return w.table[(size_t)s.label[q] * w.hidden2 + o]; },
       [&](int o, int q, float a) { s.a2[at<TB>(o, q)] = a; });
 }
 
 // g1[i][s] = 1[h1 > 0] * sum_o W_a[o][i] g2[o][s]  (written over h1: each entry by the thread that read it)
-template <int TB, class V>
+template <int TB, bool kTC, class V>
 __device__ void backward_layer2(const FoldedWeights& w, const V W, const TileSmem& s) {
-  tile_gemm<TB, TB / 8, 8>(
+  tile_product<TB, kTC, TB / 8, 8, 2, TB / 8>(
       w.hidden1, w.hidden2, W, s.a2, [](int, int) { return 0.f; },
       [&](int i, int q, float a) { s.g1[at<TB>(i, q)] = s.h1[at<TB>(i, q)] > 0.f ? a : 0.f; });
 }
 
 // dsign[j][s] = sign(sum_i W_p[i][j] g1[i][s])
-template <int TB, class V>
+template <int TB, bool kTC, class V>
 __device__ void backward_layer1(const FoldedWeights& w, const V W, const TileSmem& s) {
-  tile_gemm<TB, 2, 8>(
+  tile_product<TB, kTC, 2, 8, 1, TB / 8>(
       w.classes, w.hidden1, W, s.g1, [](int, int) { return 0.f; },
       [&](int j, int q, float a) { s.dsign[at<TB>(j, q)] = (signed char)((a > 0.f) - (a < 0.f)); });
 }
@@ -221,14 +348,14 @@ __device__ __forceinline__ float stepped(const TileSmem& s, int j, int q, float 
   return fminf(fmaxf(s.p[at<TB>(j, q)] + step * (float)s.dsign[at<TB>(j, q)], 0.f), 1.f);
 }
 
-template <int TB, bool kSmemWeights>
+template <int TB, bool kSmemWeights, bool kTC>
 __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptArgs a) {
   TileSmem s;
   float *wp_s = nullptr, *wa_s = nullptr;
-  smem_layout(TB, w.classes, w.hidden1, w.hidden2, kSmemWeights, &s, dynamic_smem, &wp_s, &wa_s);
+  smem_layout(TB, w.classes, w.hidden1, w.hidden2, kSmemWeights, kTC, &s, dynamic_smem, &wp_s, &wa_s);
   Views<kSmemWeights> v;
   if constexpr (kSmemWeights) {
-    const int ld = smem_ld(w.hidden1);
+    const int ld = smem_ld(w.hidden1, kTC);
     for (int idx = threadIdx.x; idx < w.classes * w.hidden1; idx += kThreads)
       wp_s[(idx / w.hidden1) * ld + idx % w.hidden1] = w.wp_t[idx];
     for (int idx = threadIdx.x; idx < w.hidden2 * w.hidden1; idx += kThreads)
@@ -262,9 +389,9 @@ __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptA
     // This iteration's random steps, fetched now so their latency hides behind layer 1.
     if (threadIdx.x < TB) s.step[threadIdx.x] = t < a.iters && threadIdx.x < nvalid
                                                    ? a.steps[(int64_t)t * a.batch + b0 + threadIdx.x] : 0.f;
-    forward_layer1<TB>(w, v.layer1, s);
+    forward_layer1<TB, kTC>(w, v.layer1, s);
     __syncthreads();
-    forward_layer2<TB>(w, v.layer2, s);
+    forward_layer2<TB, kTC>(w, v.layer2, s);
     __syncthreads();
     for (int q = warp; q < TB; q += kWarps) {
       const float sig = sigmoidf(warp_logit<TB>(w, s, q, lane));
@@ -289,9 +416,9 @@ __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptA
     }
     __syncthreads();
     if (t >= a.iters) break;
-    backward_layer2<TB>(w, v.back2, s);
+    backward_layer2<TB, kTC>(w, v.back2, s);
     __syncthreads();
-    backward_layer1<TB>(w, v.back1, s);
+    backward_layer1<TB, kTC>(w, v.back1, s);
     __syncthreads();
     for (int q = warp; q < TB; q += kWarps) {
       const float step = s.step[q];
@@ -323,9 +450,9 @@ __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptA
     }
   }
   __syncthreads();
-  forward_layer1<TB>(w, v.layer1, s);
+  forward_layer1<TB, kTC>(w, v.layer1, s);
   __syncthreads();
-  forward_layer2<TB>(w, v.layer2, s);
+  forward_layer2<TB, kTC>(w, v.layer2, s);
   __syncthreads();
   for (int q = warp; q < nvalid; q += kWarps) {
     const float sig = sigmoidf(warp_logit<TB>(w, s, q, lane));
@@ -400,42 +527,50 @@ cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem
 
 }  // namespace
 
-size_t aeppt_smem_bytes(int tile, int classes, int hidden1, int hidden2, bool weights) {
-  return smem_layout(tile, classes, hidden1, hidden2, weights, nullptr, nullptr);
+size_t aeppt_smem_bytes(int tile, int classes, int hidden1, int hidden2, bool weights, bool tensor_cores) {
+  return smem_layout(tile, classes, hidden1, hidden2, weights, tensor_cores, nullptr, nullptr);
 }
 
-AepptPlan aeppt_plan(int64_t batch, int classes, int hidden1, int hidden2, size_t smem_limit, int multiprocessors) {
+AepptPlan aeppt_plan(int64_t batch, int classes, int hidden1, int hidden2, bool tensor_cores, size_t smem_limit,
+                     int multiprocessors) {
   // Weights in shared memory first (no L2 traffic in the loop); 32-sample tiles reuse each weight
   // read most, unless that leaves SMs idle at this batch size.
   for (bool weights : {true, false}) {
     for (int tb : {32, 16, 8}) {
-      if (aeppt_smem_bytes(tb, classes, hidden1, hidden2, weights) > smem_limit) continue;
+      if (aeppt_smem_bytes(tb, classes, hidden1, hidden2, weights, tensor_cores) > smem_limit) continue;
       if (tb > 8 && (batch + tb - 1) / tb < multiprocessors / 2) continue;
-      return AepptPlan{tb, weights};
+      return AepptPlan{tb, weights, tensor_cores};
     }
-    if (aeppt_smem_bytes(8, classes, hidden1, hidden2, weights) <= smem_limit) return AepptPlan{8, weights};
+    if (aeppt_smem_bytes(8, classes, hidden1, hidden2, weights, tensor_cores) <= smem_limit) {
+      return AepptPlan{8, weights, tensor_cores};
+    }
   }
-  return AepptPlan{0, false};
+  return AepptPlan{0, false, tensor_cores};
 }
 
-template <int TB, bool kSmemWeights>
+template <int TB, bool kSmemWeights, bool kTC>
 static cudaError_t launch_tile(const FoldedWeights& w, const AepptArgs& a, cudaStream_t stream) {
-  const size_t smem = aeppt_smem_bytes(TB, w.classes, w.hidden1, w.hidden2, kSmemWeights);
-  auto* kernel = aeppt_kernel<TB, kSmemWeights>;
+  const size_t smem = aeppt_smem_bytes(TB, w.classes, w.hidden1, w.hidden2, kSmemWeights, kTC);
+  auto* kernel = aeppt_kernel<TB, kSmemWeights, kTC>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   if (err != cudaSuccess) return err;
   return launch(kernel, dim3((unsigned)((a.batch + TB - 1) / TB)), dim3(kThreads), smem, stream, w, a);
 }
 
+template <int TB>
+static cudaError_t launch_tile(const FoldedWeights& w, const AepptArgs& a, AepptPlan plan, cudaStream_t stream) {
+  if (plan.weights_in_smem) {
+    return plan.tensor_cores ? launch_tile<TB, true, true>(w, a, stream) : launch_tile<TB, true, false>(w, a, stream);
+  }
+  return plan.tensor_cores ? launch_tile<TB, false, true>(w, a, stream) : launch_tile<TB, false, false>(w, a, stream);
+}
+
 cudaError_t launch_aeppt(const FoldedWeights& w, const AepptArgs& a, AepptPlan plan, cudaStream_t stream) {
   if (a.batch == 0) return cudaSuccess;
-  switch (plan.tile * 2 + (plan.weights_in_smem ? 1 : 0)) {
-    case 65: return launch_tile<32, true>(w, a, stream);
-    case 64: return launch_tile<32, false>(w, a, stream);
-    case 33: return launch_tile<16, true>(w, a, stream);
-    case 32: return launch_tile<16, false>(w, a, stream);
-    case 17: return launch_tile<8, true>(w, a, stream);
-    case 16: return launch_tile<8, false>(w, a, stream);
+  switch (plan.tile) {
+    case 32: return launch_tile<32>(w, a, plan, stream);
+    case 16: return launch_tile<16>(w, a, plan, stream);
+    case 8: return launch_tile<8>(w, a, plan, stream);
     default: return cudaErrorInvalidValue;
   }
 }

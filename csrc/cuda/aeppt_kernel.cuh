@@ -31,14 +31,17 @@ struct AepptArgs {
   bool preserve_label, stop_when_flipped, renormalize;
 };
 
-// How a launch is laid out: samples per block, and whether the weights are copied to shared memory.
+// How a launch is laid out: samples per block, whether the weights are copied to shared memory, and
+// whether the products run on the tensor cores in 3xTF32 (sm_80 and later) or on the FMA units in fp32.
 struct AepptPlan {
   int tile;  // 32, 16 or 8; 0 when nothing fits
   bool weights_in_smem;
+  bool tensor_cores;
 };
 // Shared memory one block needs (bytes).
-size_t aeppt_smem_bytes(int tile, int classes, int hidden1, int hidden2, bool weights);
-AepptPlan aeppt_plan(int64_t batch, int classes, int hidden1, int hidden2, size_t smem_limit, int multiprocessors);
+size_t aeppt_smem_bytes(int tile, int classes, int hidden1, int hidden2, bool weights, bool tensor_cores);
+AepptPlan aeppt_plan(int64_t batch, int classes, int hidden1, int hidden2, bool tensor_cores, size_t smem_limit,
+                     int multiprocessors);
 cudaError_t launch_aeppt(const FoldedWeights& w, const AepptArgs& a, AepptPlan plan, cudaStream_t stream);
 
 struct SelectArgs {

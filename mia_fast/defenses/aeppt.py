@@ -77,7 +77,7 @@ def draw_steps(iters: int, batch: int, eps: float, *, generator: Optional[torch.
 def aeppt(probs: Tensor, mim: Union[SubstituteMIM, FoldedMIM], eps: float, iters: int = 100, *,
           generator: Optional[torch.Generator] = None, preserve_label: bool = False,
           stop_when_flipped: bool = False, renormalize: bool = False, chunk_size: int = 65536,
-          check_inputs: bool = True, allow_unnormalized: bool = False) -> AEPPTResult:
+          check_inputs: bool = True, allow_unnormalized: bool = False, precision: str = "fp32") -> AEPPTResult:
     """Defend confidence vectors with AEPPT (Xue et al., Algorithm 1).
 
     Args:
@@ -93,6 +93,7 @@ def aeppt(probs: Tensor, mim: Union[SubstituteMIM, FoldedMIM], eps: float, iters
             chunk, so a seed reproduces results for the same chunk size.
         check_inputs: validate ``probs`` (finite, in [0, 1], rows sum to 1); costs a host sync on CUDA.
         allow_unnormalized: accept rows that do not sum to 1.
+        precision: "fp32", or "3xtf32" on CUDA (tensor cores, about fp32 accuracy; see `ops.aeppt`).
 
     Returns:
         An `AEPPTResult` with the defended vectors and per-sample statistics.
@@ -119,7 +120,8 @@ def aeppt(probs: Tensor, mim: Union[SubstituteMIM, FoldedMIM], eps: float, iters
     for start in range(0, x.shape[0], chunk_size):
         part = x[start:start + chunk_size]
         steps = draw_steps(iters, part.shape[0], eps, generator=generator, device=x.device)
-        outs.append(ops.aeppt(part, *folded.weights(), steps, preserve_label, stop_when_flipped, renormalize))
+        outs.append(ops.aeppt(part, *folded.weights(), steps, preserve_label, stop_when_flipped, renormalize,
+                              precision=precision))
     adv, before, after = (torch.cat(t) for t in zip(*outs)) if outs else (x.clone(), x[:, 0], x[:, 0])
     return AEPPTResult(
         adversarial=adv, score_before=before, score_after=after, l1=(adv - x).abs().sum(1),
@@ -134,7 +136,7 @@ class AEPPTDefense(nn.Module):
 
     Args:
         mim: the substitute membership-inference model I'.
-        eps, iters, preserve_label, stop_when_flipped, renormalize: as in `aeppt`.
+        eps, iters, preserve_label, stop_when_flipped, renormalize, precision: as in `aeppt`.
         generator: optional torch.Generator for reproducible steps; without one, steps are drawn
             from the global generator on the input's device (this also works under torch.compile).
         check_inputs: validate inputs in eager mode (skipped while compiling).
@@ -147,20 +149,23 @@ class AEPPTDefense(nn.Module):
 
     def __init__(self, mim: Union[SubstituteMIM, FoldedMIM], *, eps: float, iters: int = 100,
                  preserve_label: bool = False, stop_when_flipped: bool = False, renormalize: bool = False,
-                 generator: Optional[torch.Generator] = None, check_inputs: bool = True):
+                 generator: Optional[torch.Generator] = None, check_inputs: bool = True, precision: str = "fp32"):
         super().__init__()
         if eps < 0 or iters < 0:
             raise ValueError(f"eps and iters must be >= 0, got eps={eps}, iters={iters}")
+        if precision not in ops.PRECISIONS:
+            raise ValueError(f"precision must be one of {ops.PRECISIONS}, got {precision!r}")
         self.folded = _folded(mim, torch.device("cpu"))
         self.eps, self.iters = float(eps), int(iters)
         self.preserve_label, self.stop_when_flipped, self.renormalize = preserve_label, stop_when_flipped, renormalize
         self.generator = generator
         self.check_inputs = check_inputs
+        self.precision = precision
 
     def extra_repr(self) -> str:
         return (f"classes={self.folded.num_classes}, eps={self.eps}, iters={self.iters}, "
                 f"preserve_label={self.preserve_label}, stop_when_flipped={self.stop_when_flipped}, "
-                f"renormalize={self.renormalize}")
+                f"renormalize={self.renormalize}, precision={self.precision}")
 
     def forward(self, probs: Tensor) -> Tensor:
         if self.check_inputs and not torch.compiler.is_compiling():
@@ -168,5 +173,5 @@ class AEPPTDefense(nn.Module):
         x = probs.detach().to(torch.float32).contiguous()
         steps = draw_steps(self.iters, x.shape[0], self.eps, generator=self.generator, device=x.device)
         adv, _, _ = ops.aeppt(x, *self.folded.weights(), steps, self.preserve_label, self.stop_when_flipped,
-                              self.renormalize)
+                              self.renormalize, precision=self.precision)
         return adv.to(probs.dtype)

@@ -45,14 +45,30 @@ def has_cuda_kernels() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("mia_fast::aeppt", "CUDA")
 
 
+#: Precisions of `aeppt`: "fp32" (default; every device) and "3xtf32" (CUDA, compute capability 8.0+).
+PRECISIONS = ("fp32", "3xtf32")
+
+
 def aeppt(probs: Tensor, w_pred: Tensor, b_pred: Tensor, w_hidden: Tensor, class_table: Tensor, w_out: Tensor,
           b_out: Tensor, steps: Tensor, preserve_label: bool = False, stop_when_flipped: bool = False,
-          renormalize: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
-    """The whole AEPPT loop in one op; see `reference.aeppt_reference` for the definition."""
+          renormalize: bool = False, *, precision: str = "fp32") -> Tuple[Tensor, Tensor, Tensor]:
+    """The whole AEPPT loop in one op; see `reference.aeppt_reference` for the definition.
+
+    ``precision="3xtf32"`` (CUDA only) runs the substitute MIM's products on the tensor cores, each
+    operand split into two TF32 parts (three MMAs per product): about fp32 accuracy, sums in the
+    hardware's order, so outputs differ from fp32 in the last bits. Experimental: see bench/README.md
+    for whether it has been measured on a GPU.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "fp32" and probs.device.type != "cuda":
+        raise ValueError(f"precision={precision!r} runs on CUDA tensor cores, but probs is on {probs.device}")
     args = (probs, w_pred, b_pred, w_hidden, class_table, w_out, b_out, steps,
             preserve_label, stop_when_flipped, renormalize)
     if _use_extension(probs.device):
-        return torch.ops.mia_fast.aeppt.default(*args)
+        return torch.ops.mia_fast.aeppt.default(*args, precision)
+    if precision != "fp32":
+        raise RuntimeError(f"precision={precision!r} needs the CUDA kernels of mia_fast._C")
     return reference.aeppt_reference(*args)
 
 
@@ -69,7 +85,7 @@ if HAS_EXTENSION:
 
     @torch.library.register_fake("mia_fast::aeppt")
     def _aeppt_fake(probs, w_pred, b_pred, w_hidden, class_table, w_out, b_out, steps, preserve_label,
-                    stop_when_flipped, renormalize):
+                    stop_when_flipped, renormalize, precision="fp32"):
         torch._check(probs.dim() == 2, lambda: f"mia_fast::aeppt: probs must be 2-D, got {tuple(probs.shape)}")
         torch._check(steps.dim() == 2 and steps.shape[1] == probs.shape[0],
                      lambda: f"mia_fast::aeppt: steps must be [T, B={probs.shape[0]}], got {tuple(steps.shape)}")
@@ -83,4 +99,4 @@ if HAS_EXTENSION:
         return originals.new_empty(n, dtype=torch.long), originals.new_empty(n, k)
 
 
-__all__ = ["aeppt", "select_within_distance", "has_cuda_kernels", "HAS_EXTENSION", "reference"]
+__all__ = ["aeppt", "select_within_distance", "has_cuda_kernels", "HAS_EXTENSION", "PRECISIONS", "reference"]

@@ -34,8 +34,9 @@ def build(directory: Path) -> "Emulator":
     """Compile emulate.cpp (which includes the kernel file) into `directory` and load it."""
     library = directory / "cuda_emulator.so"
     sources = [str(HERE / "emulate.cpp"), str(HERE / "selftest.cpp")]
+    # _FORTIFY_SOURCE's longjmp refuses to jump to another stack, which is what a fiber switch does.
     cmd = [compiler(), "-std=c++17", "-O2", "-shared", "-fPIC", "-Wall", "-Wno-sign-compare", "-Wno-unknown-pragmas",
-           "-Werror", f"-I{HERE / 'runtime'}", *sources, "-o", str(library)]
+           "-Werror", "-U_FORTIFY_SOURCE", f"-I{HERE / 'runtime'}", *sources, "-o", str(library)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise EmulatorError(f"building the CUDA emulator failed:\n{done.stderr[-4000:]}")
@@ -59,17 +60,18 @@ class Emulator:
         """The order in which a block's runnable threads run between barriers."""
         self._lib.cuda_emulator_schedule(ctypes.c_int(ORDERS[order]), ctypes.c_uint32(seed))
 
-    def plan(self, batch: int, classes: int, hidden1: int = 256, hidden2: int = 64) -> Tuple[int, bool]:
+    def plan(self, batch: int, classes: int, hidden1: int = 256, hidden2: int = 64, *,
+             tensor_cores: bool = False) -> Tuple[int, bool]:
         """`aeppt_plan` for an H100: (samples per block, weights in shared memory)."""
-        plan = (ctypes.c_int * 2)()
+        plan = (ctypes.c_int * 3)(0, 0, int(tensor_cores))
         self._lib.cuda_emulator_plan(ctypes.c_int64(batch), classes, hidden1, hidden2,
                                      ctypes.c_size_t(H100_SHARED_OPTIN), H100_SMS, plan)
         return plan[0], bool(plan[1])
 
     def aeppt(self, probs: Tensor, w_pred: Tensor, b_pred: Tensor, w_hidden: Tensor, class_table: Tensor,
               w_out: Tensor, b_out: Tensor, steps: Tensor, preserve_label: bool = False,
-              stop_when_flipped: bool = False, renormalize: bool = False, *, tile: int = 0,
-              weights_in_smem: bool = True, poison: bool = True) -> Tuple[Tensor, Tensor, Tensor, Tuple[int, bool]]:
+              stop_when_flipped: bool = False, renormalize: bool = False, *, tensor_cores: bool = False,
+              tile: int = 0, weights_in_smem: bool = True) -> Tuple[Tensor, Tensor, Tensor, Tuple[int, bool]]:
         """`launch_aeppt` on CPU tensors, with the glue of aeppt_cuda.cpp; tile 0 lets `aeppt_plan` choose
         (for an H100). Returns (adv, score_in, score_out, (tile, weights_in_smem))."""
         probs, steps = probs.contiguous(), steps.contiguous()
@@ -78,11 +80,10 @@ class Emulator:
         weights = [w_pred.t().contiguous(), w_pred, w_hidden.t().contiguous(), w_hidden, b_pred, class_table, w_out,
                    b_out]
         weights = [t.contiguous().float() for t in weights]
-        fill = float("nan") if poison else 0.0
-        adv = torch.full_like(probs, fill)
-        score_in, score_out = torch.full((batch,), fill), torch.full((batch,), fill)
+        adv = torch.full_like(probs, float("nan"))  # poisoned: every element must be written
+        score_in, score_out = torch.full((batch,), float("nan")), torch.full((batch,), float("nan"))
         pointers = (ctypes.c_void_p * 8)(*[t.data_ptr() for t in weights])
-        plan = (ctypes.c_int * 2)(tile, int(weights_in_smem))
+        plan = (ctypes.c_int * 3)(tile, int(weights_in_smem), int(tensor_cores))
         self._check(self._lib.cuda_emulator_aeppt(
             pointers, classes, hidden1, hidden2, _ptr(probs), _ptr(steps), _ptr(adv),
             _ptr(score_in), _ptr(score_out), ctypes.c_int64(batch), steps.shape[0], int(preserve_label),

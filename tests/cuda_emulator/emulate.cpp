@@ -20,14 +20,16 @@ void cuda_emulator_schedule(int order, uint32_t seed) {
   cuda_emulator::launch_state().seed = seed;
 }
 
+// `plan` = {tile, weights_in_smem, tensor_cores}: tensor_cores in, the rest chosen by aeppt_plan.
 void cuda_emulator_plan(int64_t batch, int classes, int hidden1, int hidden2, size_t smem_limit, int multiprocessors,
                         int* plan) {
-  const AepptPlan chosen = aeppt_plan(batch, classes, hidden1, hidden2, smem_limit, multiprocessors);
+  const AepptPlan chosen = aeppt_plan(batch, classes, hidden1, hidden2, plan[2] != 0, smem_limit, multiprocessors);
   plan[0] = chosen.tile;
   plan[1] = chosen.weights_in_smem;
 }
 
-// `plan` = {tile, weights_in_smem}: in when tile > 0, else chosen by aeppt_plan and written back.
+// `plan` = {tile, weights_in_smem, tensor_cores}: as given when tile > 0, else tile and weights_in_smem
+// chosen by aeppt_plan and written back.
 int cuda_emulator_aeppt(const float* const* weights, int classes, int hidden1, int hidden2, const float* probs,
                         const float* steps, float* adv, float* score_in, float* score_out, int64_t batch, int iters,
                         int preserve_label, int stop_when_flipped, int renormalize, int* plan, size_t smem_limit,
@@ -37,7 +39,7 @@ int cuda_emulator_aeppt(const float* const* weights, int classes, int hidden1, i
   const AepptArgs a{probs, steps, adv, score_in, score_out, batch, iters, preserve_label != 0,
                     stop_when_flipped != 0, renormalize != 0};
   if (plan[0] <= 0) cuda_emulator_plan(batch, classes, hidden1, hidden2, smem_limit, multiprocessors, plan);
-  return launch_aeppt(w, a, AepptPlan{plan[0], plan[1] != 0}, nullptr);
+  return launch_aeppt(w, a, AepptPlan{plan[0], plan[1] != 0, plan[2] != 0}, nullptr);
 }
 
 int cuda_emulator_select(const float* originals, const float* candidates, const float* losses, const bool* valid,

@@ -1,8 +1,9 @@
 // CPU stand-in for <cuda_runtime.h>: just enough of CUDA to compile csrc/cuda/*.cu with g++ and run
 // its kernels on the CPU, so their logic is tested on machines without a GPU.
 //
-// A launch runs the grid's blocks one after another; a block's threads are fibers (ucontext) on one
-// OS thread. A fiber runs until it reaches __syncthreads, a warp operation or its end, so the code
+// A launch runs the grid's blocks one after another; a block's threads are fibers on one OS thread
+// (started with makecontext, switched with _setjmp/_longjmp, which make no system calls: a shuffle
+// is a switch through all 32 lanes). A fiber runs until it reaches __syncthreads, a warp operation or its end, so the code
 // between two barriers runs thread by thread, in an order the caller picks (forward, reverse or
 // shuffled): a missing barrier then shows up as results that depend on the order. Shared memory is
 // filled with NaN before each block; barriers that not every thread reaches, and warp operations
@@ -13,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <setjmp.h>
 #include <ucontext.h>
 
 #include <algorithm>
@@ -71,7 +73,9 @@ constexpr size_t kStackBytes = 256 * 1024;
 enum class Order { forward = 0, reverse = 1, shuffled = 2 };
 
 struct Fiber {
-  ucontext_t context;
+  ucontext_t start;  // entry into the kernel, used once
+  jmp_buf resume;    // where it yielded
+  bool started = false;
   std::unique_ptr<char[]> stack;
   uint3 index;
   enum { runnable, at_block_barrier, at_warp_barrier, done } state = runnable;
@@ -95,7 +99,7 @@ struct Launch {
   std::vector<Fiber> fibers;
   std::vector<Warp> warps;
   Fiber* current = nullptr;
-  ucontext_t scheduler;
+  jmp_buf scheduler;
   int live = 0, at_block_barrier = 0;
   void (*body)() = nullptr;  // runs the kernel for the current fiber
   std::vector<char*> shared;  // the dynamic shared memory arrays (see CUDA_EMULATOR_SHARED)
@@ -112,7 +116,7 @@ inline uint3 as_uint3(dim3 d) { return uint3{d.x, d.y, d.z}; }
 
 inline void yield() {
   Launch& l = launch_state();
-  swapcontext(&l.current->context, &l.scheduler);
+  if (_setjmp(l.current->resume) == 0) _longjmp(l.scheduler, 1);
 }
 
 // Records the first error and parks the fiber for good; the scheduler then ends the launch.
@@ -167,8 +171,9 @@ inline unsigned warp_arrive(unsigned mask, const char* op) {
   return generation;
 }
 
-template <class T>
-T shfl_xor(unsigned mask, T value, int lane_mask) {
+// `value` of lane source(lane), for every lane of the warp.
+template <class T, class Source>
+T shuffle(unsigned mask, T value, Source source, const char* op) {
   static_assert(sizeof(T) <= sizeof(uint64_t), "shuffle of a value wider than 8 bytes");
   Launch& l = launch_state();
   const int lane = linear(l.current->index) % 32;
@@ -176,9 +181,9 @@ T shfl_xor(unsigned mask, T value, int lane_mask) {
   // A lane cannot run two generations ahead of another (the next warp operation waits for all), so
   // two slot buffers suffice.
   memcpy(&w.slots[w.generation & 1][lane], &value, sizeof(T));
-  const unsigned generation = warp_arrive(mask, "__shfl_xor_sync");
+  const unsigned generation = warp_arrive(mask, op);
   T out;
-  memcpy(&out, &w.slots[generation & 1][(lane ^ lane_mask) & 31], sizeof(T));
+  memcpy(&out, &w.slots[generation & 1][source(lane) & 31], sizeof(T));
   return out;
 }
 
@@ -187,7 +192,7 @@ inline void fiber_entry() {
   l.body();
   l.current->state = Fiber::done;
   --l.live;
-  // Returning resumes uc_link, the scheduler.
+  _longjmp(l.scheduler, 1);  // back to the scheduler for good
 }
 
 inline std::string describe_stall() {
@@ -214,11 +219,12 @@ inline bool run_block(std::mt19937& rng) {
     Fiber& f = l.fibers[i];
     f.state = Fiber::runnable;
     f.index = uint3{i % l.block.x, (i / l.block.x) % l.block.y, i / (l.block.x * l.block.y)};
-    getcontext(&f.context);
-    f.context.uc_stack.ss_sp = f.stack.get();
-    f.context.uc_stack.ss_size = kStackBytes;
-    f.context.uc_link = &l.scheduler;
-    makecontext(&f.context, fiber_entry, 0);
+    f.started = false;
+    getcontext(&f.start);
+    f.start.uc_stack.ss_sp = f.stack.get();
+    f.start.uc_stack.ss_size = kStackBytes;
+    f.start.uc_link = nullptr;
+    makecontext(&f.start, fiber_entry, 0);
   }
   std::vector<unsigned> order(threads);
   for (unsigned i = 0; i < threads; ++i) order[i] = l.order == Order::reverse ? threads - 1 - i : i;
@@ -230,7 +236,11 @@ inline bool run_block(std::mt19937& rng) {
       if (f.state != Fiber::runnable) continue;
       ran = true;
       l.current = &f;
-      swapcontext(&l.scheduler, &f.context);
+      if (_setjmp(l.scheduler) == 0) {
+        if (f.started) _longjmp(f.resume, 1);
+        f.started = true;
+        setcontext(&f.start);
+      }
       if (!l.error.empty()) return false;
     }
     if (!ran) {
@@ -250,8 +260,24 @@ inline bool run_block(std::mt19937& rng) {
 
 inline void __syncthreads() { cuda_emulator::syncthreads(); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) { cuda_emulator::warp_arrive(mask, "__syncwarp"); }
-inline float __shfl_xor_sync(unsigned mask, float v, int lane_mask) { return cuda_emulator::shfl_xor(mask, v, lane_mask); }
-inline int __shfl_xor_sync(unsigned mask, int v, int lane_mask) { return cuda_emulator::shfl_xor(mask, v, lane_mask); }
+template <class T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
+  return cuda_emulator::shuffle(mask, v, [=](int lane) { return lane ^ lane_mask; }, "__shfl_xor_sync");
+}
+template <class T>
+T __shfl_sync(unsigned mask, T v, int src_lane) {
+  return cuda_emulator::shuffle(mask, v, [=](int) { return src_lane; }, "__shfl_sync");
+}
+inline unsigned __float_as_uint(float x) {
+  unsigned u;
+  memcpy(&u, &x, sizeof u);
+  return u;
+}
+inline float __uint_as_float(unsigned u) {
+  float x;
+  memcpy(&x, &u, sizeof x);
+  return x;
+}
 
 inline const char* cudaGetErrorString(cudaError_t err) {
   return err == cudaSuccess ? "no error" : cuda_emulator::launch_state().error.c_str();
