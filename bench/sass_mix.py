@@ -5,11 +5,10 @@
 
 Compiles csrc/cuda/aeppt_kernel.cu (or the file at a git revision) with `nvcc -cubin -arch=sm_90`,
 disassembles it with cuobjdump (`pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm` if they are not
-on the PATH) and lists,
-for one kernel instantiation, every innermost loop with FFMAs in it: its length in instructions, the
-FFMAs among them and their share. In a GEMM loop the rest (shared-memory loads, address arithmetic,
-loop control) is the issue overhead the fused kernel pays per FMA. A count, not a timing: only a GPU
-run tells the time (bench_aeppt_cuda.py).
+on the PATH) and lists, for one kernel instantiation, every innermost loop with FFMAs or tensor-core MMAs
+(HMMA) in it: its length in instructions, the FFMAs and HMMAs among them and their share. In a GEMM loop
+the rest (shared-memory loads, TF32 splits, address arithmetic, loop control) is the issue overhead the
+kernel pays per product. A count, not a timing: only a GPU run tells the time (bench_aeppt_cuda.py).
 """
 from __future__ import annotations
 
@@ -85,19 +84,19 @@ def main() -> None:
     parser.add_argument("--arch", default="sm_90")
     parser.add_argument("--kernel", default="aeppt_kernelILi32ELb1E",
                         help="mangled-name fragment: the 32-sample tile with weights in shared memory, as run at "
-                             "B = 4096, C = 100 on an H100")
-    parser.add_argument("--min-ffma", type=int, default=8)
+                             "B = 4096, C = 100 on an H100 (append ELb1E for its tensor-core variant)")
+    parser.add_argument("--min-math", type=int, default=8, help="list loops with at least this many FFMA + HMMA")
     args = parser.parse_args()
-    print(f"{KERNEL}, {args.arch}, kernel {args.kernel}: innermost loops with >= {args.min_ffma} FFMA")
-    print("| version | loop at | instructions | FFMA | FFMA share | shared loads | other |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"{KERNEL}, {args.arch}, kernel {args.kernel}: innermost loops with >= {args.min_math} FFMA + HMMA")
+    print("| version | loop at | instructions | FFMA | HMMA | math share | shared loads | other |")
+    print("|---|---|---|---|---|---|---|---|")
     for rev in args.rev or [None]:
         for start, length, ops in inner_loops(compile_sass(rev, args.arch), args.kernel):
-            ffma = ops["FFMA"]
-            if ffma < args.min_ffma:
+            math = ops["FFMA"] + ops["HMMA"]
+            if math < args.min_math:
                 continue
-            print(f"| {rev or 'working tree'} | {start} | {length} | {ffma} | {ffma / length:.0%} | {ops['LDS']} | "
-                  f"{length - ffma - ops['LDS']} |")
+            print(f"| {rev or 'working tree'} | {start} | {length} | {ops['FFMA']} | {ops['HMMA']} | "
+                  f"{math / length:.0%} | {ops['LDS']} | {length - math - ops['LDS']} |")
 
 
 if __name__ == "__main__":

@@ -155,19 +155,9 @@ __device__ void tile_gemm(int n_out, int n_k, const View<kStepK1> W, const float
   }
 }
 
-// TF32 of x (round to nearest, ties away from zero), as the tensor cores take it: an fp32 bit pattern
-// with the low 13 mantissa bits zero.
-__device__ __forceinline__ uint32_t to_tf32(float x) {
-#ifdef __CUDA_ARCH__
-  uint32_t r;
-  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-  return r;
-#else  // the same rounding in plain C++, for the CPU emulator (tests/cuda_emulator)
-  uint32_t bits = __float_as_uint(x);
-  if ((bits & 0x7f800000u) != 0x7f800000u) bits += 0x1000u;
-  return bits & 0xffffe000u;
-#endif
-}
+// x truncated to TF32, as the tensor cores take it: the fp32 bit pattern with the low 13 mantissa bits
+// cleared (one LOP3; cvt.rna.tf32 costs several instructions on sm_80/sm_90).
+__device__ __forceinline__ uint32_t to_tf32(float x) { return __float_as_uint(x) & 0xffffe000u; }
 
 // d += a b for one 16x8 tile of D, one 16x8 tile of A (row-major) and one 8x8 tile of B (column-major),
 // each spread over the warp's lanes as PTX's mma.m16n8k8 .tf32 fragments: with g = lane / 4 and
@@ -195,14 +185,20 @@ __device__ __forceinline__ void mma_tf32(float d[4], const uint32_t a[4], const 
 #endif
 }
 
-// x = hi + lo, hi = TF32(x), lo = TF32(x - hi).
+// x = hi + lo, hi = TF32(x), lo = TF32(x - hi) (x - hi is exact; truncating it loses < 2^-21 of x).
 __device__ __forceinline__ void split_tf32(float x, uint32_t& hi, uint32_t& lo) {
   hi = to_tf32(x);
   lo = to_tf32(x - __uint_as_float(hi));
 }
 
+// A compile-time flag for generic lambdas.
+template <bool B>
+struct Flag {
+  static constexpr bool value = B;
+};
+
 // tile_gemm's product on the tensor cores in 3xTF32: x w = x_hi w_hi + x_hi w_lo + x_lo w_hi (the
-// dropped x_lo w_lo is ~2^-22 of it), so about fp32 accuracy, but the sums inside an MMA run in the
+// dropped x_lo w_lo is ~2^-20 of it), so about fp32 accuracy, but the sums inside an MMA run in the
 // hardware's order: results differ from tile_gemm in the last bits. A warp owns MT tiles of 16
 // outputs by NT tiles of 8 samples; k runs in steps of 8, zero-padded past n_k.
 template <int TB, int MT, int NT, bool kStepK1, class Init, class Epilogue>
@@ -229,22 +225,31 @@ __device__ void tile_mma(int n_out, int n_k, const View<kStepK1> W, const float*
           acc[m][j][2 * h + 1] = init(n, s0 + 8 * j + 2 * t + 1);
         }
       }
-    for (int k0 = 0; k0 < n_k; k0 += 8) {
-      const int k_lo = k0 + t, k_hi = k0 + t + 4;
+    // Walking pointers at k = t: fragment element i reads k = t (i < 2) or t + 4 (i >= 2) of row
+    // g + 8 (i % 2) for A, and k = t / t + 4 of sample g for B.
+    const float* wk[MT][2];
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) wk[m][h] = wr[m][h] + t * k_step;
+    const float* xk = A + t * row_stride(TB) + s0 + g;
+    // One k step of 8; only the last, partial one tests k < n_k.
+    auto k_step8 = [&](int k0, auto guarded) {
+      const bool lo_ok = !decltype(guarded)::value || k0 + t < n_k;
+      const bool hi_ok = !decltype(guarded)::value || k0 + t + 4 < n_k;
       uint32_t a_hi[MT][4], a_lo[MT][4];
 #pragma unroll
       for (int m = 0; m < MT; ++m)
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const int k = i < 2 ? k_lo : k_hi;
-          split_tf32(k < n_k ? wr[m][i % 2][k * k_step] : 0.f, a_hi[m][i], a_lo[m][i]);
+          const float* p = wk[m][i % 2] + (i < 2 ? 0 : 4 * k_step);
+          split_tf32((i < 2 ? lo_ok : hi_ok) ? *p : 0.f, a_hi[m][i], a_lo[m][i]);
         }
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
         uint32_t b_hi[2], b_lo[2];
-        const float* x = A + s0 + 8 * j + g;
-        split_tf32(k_lo < n_k ? x[k_lo * row_stride(TB)] : 0.f, b_hi[0], b_lo[0]);
-        split_tf32(k_hi < n_k ? x[k_hi * row_stride(TB)] : 0.f, b_hi[1], b_lo[1]);
+        split_tf32(lo_ok ? xk[8 * j] : 0.f, b_hi[0], b_lo[0]);
+        split_tf32(hi_ok ? xk[8 * j + 4 * row_stride(TB)] : 0.f, b_hi[1], b_lo[1]);
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
           mma_tf32(acc[m][j], a_lo[m], b_hi);
@@ -252,7 +257,15 @@ __device__ void tile_mma(int n_out, int n_k, const View<kStepK1> W, const float*
           mma_tf32(acc[m][j], a_hi[m], b_hi);
         }
       }
-    }
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) wk[m][h] += 8 * k_step;
+      xk += 8 * row_stride(TB);
+    };
+    int k0 = 0;
+    for (; k0 + 8 <= n_k; k0 += 8) k_step8(k0, Flag<false>{});
+    if (k0 < n_k) k_step8(k0, Flag<true>{});
 #pragma unroll
     for (int m = 0; m < MT; ++m)
 #pragma unroll
