@@ -3,7 +3,9 @@
 // backward vectors and the gradient signs) lives in shared memory, and so do the weights when they fit
 // beside it (C <= ~100 at TB = 32), else they are read through L1/L2.
 // Every sum runs in the same order as the CPU kernel (bias first, then k = 0, 1, ... with FMA), so
-// CPU and CUDA agree except for the last bits of the output logit.
+// CPU and CUDA agree except for the last bits of the output logit. The opt-in tensor-core variant
+// (kTensorCores, 3xTF32) runs the same phases with the products on mma.sync; its sums are the
+// hardware's, so it agrees with fp32 to about fp32 accuracy instead.
 #include "aeppt_kernel.cuh"
 
 namespace mia_fast {
@@ -295,33 +297,33 @@ __device__ void tile_product(int n_out, int n_k, const V W, const float* A, Init
 }
 
 // h1[i][s] = relu(b_p[i] + sum_j W_p[i][j] p[s][j])
-template <int TB, bool kTC, class V>
+template <int TB, bool kTensorCores, class V>
 __device__ void forward_layer1(const FoldedWeights& w, const V W, const TileSmem& s) {
-  tile_product<TB, kTC, TB / 8, 8, 2, TB / 8>(
+  tile_product<TB, kTensorCores, TB / 8, 8, 2, TB / 8>(
       w.hidden1, w.classes, W, s.p, [&](int i, int) { return w.bp[i]; },
       [&](int i, int q, float a) { s.h1[at<TB>(i, q)] = a > 0.f ? a : 0.f; });
 }
 
 // a2[o][s] = c[label s][o] + sum_i W_a[o][i] h1[i][s]
-template <int TB, bool kTC, class V>
+template <int TB, bool kTensorCores, class V>
 __device__ void forward_layer2(const FoldedWeights& w, const V W, const TileSmem& s) {
-  tile_product<TB, kTC, (TB >= 32 ? 2 : 1), 4, 1, (TB >= 16 ? TB / 16 : 1)>(
+  tile_product<TB, kTensorCores, (TB >= 32 ? 2 : 1), 4, 1, (TB >= 16 ? TB / 16 : 1)>(
       w.hidden2, w.hidden1, W, s.h1, [&](int o, int q) { return w.table[(size_t)s.label[q] * w.hidden2 + o]; },
       [&](int o, int q, float a) { s.a2[at<TB>(o, q)] = a; });
 }
 
 // g1[i][s] = 1[h1 > 0] * sum_o W_a[o][i] g2[o][s]  (written over h1: each entry by the thread that read it)
-template <int TB, bool kTC, class V>
+template <int TB, bool kTensorCores, class V>
 __device__ void backward_layer2(const FoldedWeights& w, const V W, const TileSmem& s) {
-  tile_product<TB, kTC, TB / 8, 8, 2, TB / 8>(
+  tile_product<TB, kTensorCores, TB / 8, 8, 2, TB / 8>(
       w.hidden1, w.hidden2, W, s.a2, [](int, int) { return 0.f; },
       [&](int i, int q, float a) { s.g1[at<TB>(i, q)] = s.h1[at<TB>(i, q)] > 0.f ? a : 0.f; });
 }
 
 // dsign[j][s] = sign(sum_i W_p[i][j] g1[i][s])
-template <int TB, bool kTC, class V>
+template <int TB, bool kTensorCores, class V>
 __device__ void backward_layer1(const FoldedWeights& w, const V W, const TileSmem& s) {
-  tile_product<TB, kTC, 2, 8, 1, TB / 8>(
+  tile_product<TB, kTensorCores, 2, 8, 1, TB / 8>(
       w.classes, w.hidden1, W, s.g1, [](int, int) { return 0.f; },
       [&](int j, int q, float a) { s.dsign[at<TB>(j, q)] = (signed char)((a > 0.f) - (a < 0.f)); });
 }
@@ -361,14 +363,14 @@ __device__ __forceinline__ float stepped(const TileSmem& s, int j, int q, float 
   return fminf(fmaxf(s.p[at<TB>(j, q)] + step * (float)s.dsign[at<TB>(j, q)], 0.f), 1.f);
 }
 
-template <int TB, bool kSmemWeights, bool kTC>
+template <int TB, bool kSmemWeights, bool kTensorCores>
 __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptArgs a) {
   TileSmem s;
   float *wp_s = nullptr, *wa_s = nullptr;
-  smem_layout(TB, w.classes, w.hidden1, w.hidden2, kSmemWeights, kTC, &s, dynamic_smem, &wp_s, &wa_s);
+  smem_layout(TB, w.classes, w.hidden1, w.hidden2, kSmemWeights, kTensorCores, &s, dynamic_smem, &wp_s, &wa_s);
   Views<kSmemWeights> v;
   if constexpr (kSmemWeights) {
-    const int ld = smem_ld(w.hidden1, kTC);
+    const int ld = smem_ld(w.hidden1, kTensorCores);
     for (int idx = threadIdx.x; idx < w.classes * w.hidden1; idx += kThreads)
       wp_s[(idx / w.hidden1) * ld + idx % w.hidden1] = w.wp_t[idx];
     for (int idx = threadIdx.x; idx < w.hidden2 * w.hidden1; idx += kThreads)
@@ -402,9 +404,9 @@ __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptA
     // This iteration's random steps, fetched now so their latency hides behind layer 1.
     if (threadIdx.x < TB) s.step[threadIdx.x] = t < a.iters && threadIdx.x < nvalid
                                                    ? a.steps[(int64_t)t * a.batch + b0 + threadIdx.x] : 0.f;
-    forward_layer1<TB, kTC>(w, v.layer1, s);
+    forward_layer1<TB, kTensorCores>(w, v.layer1, s);
     __syncthreads();
-    forward_layer2<TB, kTC>(w, v.layer2, s);
+    forward_layer2<TB, kTensorCores>(w, v.layer2, s);
     __syncthreads();
     for (int q = warp; q < TB; q += kWarps) {
       const float sig = sigmoidf(warp_logit<TB>(w, s, q, lane));
@@ -429,9 +431,9 @@ __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptA
     }
     __syncthreads();
     if (t >= a.iters) break;
-    backward_layer2<TB, kTC>(w, v.back2, s);
+    backward_layer2<TB, kTensorCores>(w, v.back2, s);
     __syncthreads();
-    backward_layer1<TB, kTC>(w, v.back1, s);
+    backward_layer1<TB, kTensorCores>(w, v.back1, s);
     __syncthreads();
     for (int q = warp; q < TB; q += kWarps) {
       const float step = s.step[q];
@@ -463,9 +465,9 @@ __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptA
     }
   }
   __syncthreads();
-  forward_layer1<TB, kTC>(w, v.layer1, s);
+  forward_layer1<TB, kTensorCores>(w, v.layer1, s);
   __syncthreads();
-  forward_layer2<TB, kTC>(w, v.layer2, s);
+  forward_layer2<TB, kTensorCores>(w, v.layer2, s);
   __syncthreads();
   for (int q = warp; q < nvalid; q += kWarps) {
     const float sig = sigmoidf(warp_logit<TB>(w, s, q, lane));
@@ -561,10 +563,10 @@ AepptPlan aeppt_plan(int64_t batch, int classes, int hidden1, int hidden2, bool 
   return AepptPlan{0, false, tensor_cores};
 }
 
-template <int TB, bool kSmemWeights, bool kTC>
+template <int TB, bool kSmemWeights, bool kTensorCores>
 static cudaError_t launch_tile(const FoldedWeights& w, const AepptArgs& a, cudaStream_t stream) {
-  const size_t smem = aeppt_smem_bytes(TB, w.classes, w.hidden1, w.hidden2, kSmemWeights, kTC);
-  auto* kernel = aeppt_kernel<TB, kSmemWeights, kTC>;
+  const size_t smem = aeppt_smem_bytes(TB, w.classes, w.hidden1, w.hidden2, kSmemWeights, kTensorCores);
+  auto* kernel = aeppt_kernel<TB, kSmemWeights, kTensorCores>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   if (err != cudaSuccess) return err;
   return launch(kernel, dim3((unsigned)((a.batch + TB - 1) / TB)), dim3(kThreads), smem, stream, w, a);
