@@ -212,29 +212,23 @@ __device__ void tile_mma(int n_out, int n_k, const View<kStepK1> W, const float*
   const int k_step = W.k_step();
   for (int item = warp; item < items; item += kWarps) {
     const int n0 = (item % columns) * 16 * MT, s0 = (item / columns) * 8 * NT;
-    // Rows g and g + 8 of each output tile (past n_out: the last valid row, never stored).
-    const float* __restrict__ wr[MT][2];
+    // Rows g and g + 8 of each output tile (past n_out: the last valid row, never stored), as pointers
+    // walking k from t: fragment element i reads k = t (i < 2) or t + 4 (i >= 2) of row g + 8 (i % 2).
+    const float* wk[MT][2];
     float acc[MT][NT][4];
 #pragma unroll
     for (int m = 0; m < MT; ++m)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int n = min(n0 + 16 * m + g + 8 * h, n_out - 1);
-        wr[m][h] = W.column(n);
+        wk[m][h] = W.column(n) + t * k_step;
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
           acc[m][j][2 * h] = init(n, s0 + 8 * j + 2 * t);
           acc[m][j][2 * h + 1] = init(n, s0 + 8 * j + 2 * t + 1);
         }
       }
-    // Walking pointers at k = t: fragment element i reads k = t (i < 2) or t + 4 (i >= 2) of row
-    // g + 8 (i % 2) for A, and k = t / t + 4 of sample g for B.
-    const float* wk[MT][2];
-#pragma unroll
-    for (int m = 0; m < MT; ++m)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) wk[m][h] = wr[m][h] + t * k_step;
-    const float* xk = A + t * row_stride(TB) + s0 + g;
+    const float* xk = A + t * row_stride(TB) + s0 + g;  // B: k = t (and t + 4) of sample g
     // One k step of 8; only the last, partial one tests k < n_k.
     auto k_step8 = [&](int k0, auto guarded) {
       const bool lo_ok = !decltype(guarded)::value || k0 + t < n_k;

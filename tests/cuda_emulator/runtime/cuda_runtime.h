@@ -58,8 +58,6 @@ typedef struct CUstream_st* cudaStream_t;
 template <class T>
 inline T min(T a, T b) { return b < a ? b : a; }
 template <class T>
-inline T max(T a, T b) { return a < b ? b : a; }
-template <class T>
 inline T __ldg(const T* p) { return *p; }
 template <class T>
 inline T __ldcs(const T* p) { return *p; }
@@ -334,13 +332,13 @@ cudaError_t cudaLaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, v
     for (Fiber& f : l.fibers) f.stack.reset(new char[kStackBytes]);
   }
   l.warps.assign(threads / 32, Warp{});
-  static void (*run)() = nullptr;
-  static void (*kernel_now)(Params...) = nullptr;
-  static void** args_now = nullptr;
+  // body is a plain function pointer (fibers start without arguments), so the launch's kernel and
+  // arguments wait in statics of this instantiation.
+  static void (*kernel_now)(Params...);
+  static void** args_now;
   kernel_now = kernel;
   args_now = args;
-  run = [] { call_kernel(kernel_now, args_now, std::index_sequence_for<Params...>{}); };
-  l.body = run;
+  l.body = [] { call_kernel(kernel_now, args_now, std::index_sequence_for<Params...>{}); };
   std::mt19937 rng(l.seed);
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
