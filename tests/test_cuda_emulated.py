@@ -1,6 +1,7 @@
 """The CUDA kernel file run on the CPU (tests/cuda_emulator): the same checks as test_ops_cuda.py
 (equal to the CPU op and the reference, every output written), for every launch plan, under three
-thread schedules, on machines without a GPU."""
+thread schedules, on machines without a GPU. Every launch is memory-checked (bounds of each buffer and
+of the launch's shared memory, writes to inputs, alignment of vector loads): a bad access fails it."""
 import pytest
 import torch
 
@@ -26,7 +27,8 @@ def _assert_matches_cpu(got, want):
     torch.testing.assert_close(got[2], want[2], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("classes,batch,iters", [(2, 33, 100), (10, 100, 60), (100, 70, 20), (1000, 45, 4)])
+@pytest.mark.parametrize("classes,batch,iters", [(2, 33, 100), (10, 100, 60), (100, 70, 20), (1000, 45, 4),
+                                                 (10, 20, 0)])
 @pytest.mark.parametrize("options", [(False, False, False), (True, True, True)])
 def test_emulated_kernel_equals_cpu(emulator, classes, batch, iters, options):
     probs, weights, steps = aeppt_case(classes, batch, iters, seed=classes + batch)
@@ -87,9 +89,18 @@ def test_launch_plan_for_an_h100(emulator):
     assert emulator.plan(4096, 100, tensor_cores=True) == (32, True)  # wider weight rows still fit
 
 
-@pytest.mark.parametrize("dim,k", [(784, 16), (30, 3)])
+def test_inputs_off_16_byte_alignment(emulator):
+    # A contiguous view with a storage offset of one float: same results, no misaligned access.
+    probs, weights, steps = aeppt_case(10, 20, 5, seed=9)
+    aligned = emulator.aeppt(probs, *weights, steps, True, False, True)
+    shifted = emulator.aeppt(probs, *weights, steps, True, False, True, misalign=4)
+    for a, b in zip(aligned[:3], shifted[:3]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dim,k,misalign", [(784, 16, 0), (30, 3, 0), (784, 16, 4)])
 @pytest.mark.parametrize("squared", [False, True])
-def test_emulated_selection_equals_reference(emulator, dim, k, squared):
+def test_emulated_selection_equals_reference(emulator, dim, k, misalign, squared):
     g = torch.Generator().manual_seed(dim + k)
     originals = torch.rand(50, dim, generator=g)
     scale = 0.03 + 0.04 * torch.rand(50, k, 1, generator=g)  # distances from 0.03 to 0.07 * sqrt(dim)
@@ -99,7 +110,8 @@ def test_emulated_selection_equals_reference(emulator, dim, k, squared):
     valid = torch.rand(50, k, generator=g) > 0.2
     eps = 1.0 if dim == 784 else 0.2
     eps = eps * eps if squared else eps
-    index, distances = emulator.select_within_distance(originals, candidates, losses, eps, valid, squared)
+    index, distances = emulator.select_within_distance(originals, candidates, losses, eps, valid, squared,
+                                                       misalign=misalign)
     want_index, want_distances = select_within_distance_reference(originals, candidates, losses, eps, valid=valid,
                                                                   squared=squared)
     assert bool((index == -1).any()) and bool((index >= 0).any()), "the case should have both outcomes"
@@ -125,3 +137,19 @@ def test_emulator_catches_missing_barriers_and_divergent_warp_operations(emulato
         emulator.selftest("divergent_barrier")
     with pytest.raises(cuda_emulator.EmulatorError, match="deadlock"):
         emulator.selftest("warp_sum_lane_missing")
+
+
+@pytest.mark.parametrize("bug,message", [
+    ("write_past_end", "out-of-bounds write of 'out' at byte 256 \\(it has 256 bytes\\)"),
+    ("read_past_end", "out-of-bounds read of 'in' at byte 256"),
+    ("write_to_input", "write of byte 0 of read-only input 'in'"),
+    ("misaligned_float4", "__ldg: misaligned address .* 16-byte load"),
+    ("shared_write_past_end", "shared-memory write at byte 256 \\(the launch asked for 256 bytes"),
+    ("shared_read_past_end", "shared-memory read at byte 4352 \\(the launch asked for 256 bytes"),
+])
+def test_emulator_catches_memory_errors(emulator, bug, message):
+    assert torch.equal(emulator.selftest("copy"), torch.arange(64, dtype=torch.int32))
+    with pytest.raises(cuda_emulator.EmulatorError, match=message):
+        emulator.selftest(bug)
+    # The emulator recovers: the next launch runs normally.
+    assert torch.equal(emulator.selftest("copy"), torch.arange(64, dtype=torch.int32))

@@ -54,6 +54,28 @@ def test_selection_writes_every_element():
     assert bool(torch.isfinite(dist).all()) and bool((idx >= -1).all())
 
 
+def _one_float_into_storage(t):
+    """A contiguous CUDA copy of `t` starting 4 bytes past a 16-byte boundary, as a view with a storage offset."""
+    flat = torch.empty(t.numel() + 1, device="cuda")
+    flat[1:] = t.reshape(-1).cuda()
+    return flat[1:].view(t.shape)
+
+
+def test_selection_of_views_off_16_byte_alignment():
+    # float4 loads on such views would fault (misaligned address): the kernel must take its scalar loop.
+    from mia_fast.ops.reference import select_within_distance_reference
+    g = torch.Generator().manual_seed(1)
+    o = torch.rand(64, 784, generator=g)
+    c = o[:, None] + torch.randn(64, 8, 784, generator=g) * 0.05
+    losses = torch.rand(64, 8, generator=g)
+    o_view, c_view = _one_float_into_storage(o), _one_float_into_storage(c)
+    assert o_view.is_contiguous() and o_view.data_ptr() % 16 == 4
+    idx, dist = ops.select_within_distance(o_view, c_view, losses.cuda(), 1.4)
+    want_idx, want_dist = select_within_distance_reference(o, c, losses, 1.4)
+    assert torch.equal(idx.cpu(), want_idx)
+    torch.testing.assert_close(dist.cpu(), want_dist, atol=1e-4, rtol=1e-5)
+
+
 def test_cuda_graph_capture_and_replay():
     probs, weights, steps = aeppt_case(100, 512, 20, seed=5)
     args = [t.cuda() for t in (probs, *weights, steps)]

@@ -478,7 +478,10 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectArgs a) {
   const int64_t n = blockIdx.x;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const float* orig = a.originals + n * a.d;
-  const bool vec = (a.d % 4 == 0);  // rows are then 16-byte aligned (cudaMalloc bases are)
+  // float4 loads when every row starts 16-byte aligned: not so for a tensor view whose storage offset is
+  // not a multiple of 4 floats, which then takes the scalar loop.
+  const bool vec = a.d % 4 == 0 && (reinterpret_cast<uintptr_t>(a.originals) |
+                                    reinterpret_cast<uintptr_t>(a.candidates)) % 16 == 0;
   for (int k = warp; k < a.k; k += kSelectThreads / 32) {
     const float* cand = a.candidates + (n * a.k + k) * a.d;
     float acc = 0.f;

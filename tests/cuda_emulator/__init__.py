@@ -1,8 +1,9 @@
 """The CUDA kernels of csrc/cuda run on the CPU: the kernel source compiled with g++ against a stand-in
 CUDA runtime (runtime/cuda_runtime.h: blocks in turn, a block's threads as fibers), loaded with ctypes.
 
-It tests the kernels' logic, indexing and barriers on machines without a GPU; not their speed, and not
-races inside one barrier interval (that is compute-sanitizer's job on a GPU).
+It tests the kernels' logic, indexing, barriers and memory accesses (bounds of every global buffer and of the
+launch's shared memory, writes to inputs, alignment of vector loads) on machines without a GPU; not their
+speed, and not races inside one barrier interval (that is compute-sanitizer's job on a GPU).
 """
 from __future__ import annotations
 
@@ -71,9 +72,11 @@ class Emulator:
     def aeppt(self, probs: Tensor, w_pred: Tensor, b_pred: Tensor, w_hidden: Tensor, class_table: Tensor,
               w_out: Tensor, b_out: Tensor, steps: Tensor, preserve_label: bool = False,
               stop_when_flipped: bool = False, renormalize: bool = False, *, tensor_cores: bool = False,
-              tile: int = 0, weights_in_smem: bool = True) -> Tuple[Tensor, Tensor, Tensor, Tuple[int, bool]]:
+              tile: int = 0, weights_in_smem: bool = True,
+              misalign: int = 0) -> Tuple[Tensor, Tensor, Tensor, Tuple[int, bool]]:
         """`launch_aeppt` on CPU tensors, with the glue of aeppt_cuda.cpp; tile 0 lets `aeppt_plan` choose
-        (for an H100). Returns (adv, score_in, score_out, (tile, weights_in_smem))."""
+        (for an H100); inputs sit `misalign` bytes off 16-byte alignment. Returns (adv, score_in, score_out,
+        (tile, weights_in_smem))."""
         probs, steps = probs.contiguous(), steps.contiguous()
         batch, classes = probs.shape
         hidden1, hidden2 = w_pred.shape[0], w_hidden.shape[0]
@@ -87,24 +90,29 @@ class Emulator:
         self._check(self._lib.cuda_emulator_aeppt(
             pointers, classes, hidden1, hidden2, _ptr(probs), _ptr(steps), _ptr(adv),
             _ptr(score_in), _ptr(score_out), ctypes.c_int64(batch), steps.shape[0], int(preserve_label),
-            int(stop_when_flipped), int(renormalize), plan, ctypes.c_size_t(H100_SHARED_OPTIN), H100_SMS))
+            int(stop_when_flipped), int(renormalize), plan, ctypes.c_size_t(H100_SHARED_OPTIN), H100_SMS,
+            ctypes.c_size_t(misalign)))
         return adv, score_in, score_out, (plan[0], bool(plan[1]))
 
     def selftest(self, kernel: str, threads: int = 64) -> Tensor:
         """Runs one of selftest.cpp's buggy or correct kernels; returns its int output per thread."""
         out = torch.full((threads,), -1, dtype=torch.int32)
-        names = ["neighbour_no_barrier", "neighbour", "divergent_barrier", "warp_sum", "warp_sum_lane_missing"]
+        names = ["neighbour_no_barrier", "neighbour", "divergent_barrier", "warp_sum", "warp_sum_lane_missing",
+                 "copy", "write_past_end", "read_past_end", "write_to_input", "misaligned_float4",
+                 "shared_write_past_end", "shared_read_past_end"]
         self._check(self._lib.cuda_emulator_selftest(names.index(kernel), _ptr(out), threads))
         return out
 
     def select_within_distance(self, originals: Tensor, candidates: Tensor, losses: Tensor, eps: float,
-                               valid: Optional[Tensor] = None, squared: bool = False) -> Tuple[Tensor, Tensor]:
-        """`launch_select` with the glue of aeppt_cuda.cpp (threshold eps**2 unless `squared`)."""
+                               valid: Optional[Tensor] = None, squared: bool = False,
+                               misalign: int = 0) -> Tuple[Tensor, Tensor]:
+        """`launch_select` with the glue of aeppt_cuda.cpp (threshold eps**2 unless `squared`); inputs sit
+        `misalign` bytes off 16-byte alignment."""
         n, k, d = candidates.shape
         index = torch.full((n,), -7, dtype=torch.int64)
         distances = torch.full((n, k), float("nan"))
         threshold = eps if squared else eps * eps
         self._check(self._lib.cuda_emulator_select(
             _ptr(originals), _ptr(candidates), _ptr(losses), _ptr(valid), _ptr(index), _ptr(distances),
-            ctypes.c_int64(n), k, d, ctypes.c_float(threshold), int(squared)))
+            ctypes.c_int64(n), k, d, ctypes.c_float(threshold), int(squared), ctypes.c_size_t(misalign)))
         return index, distances

@@ -1,6 +1,7 @@
 // The CUDA kernel file itself, compiled with g++ against runtime/cuda_runtime.h, behind a C API for
 // ctypes (tests/cuda_emulator/__init__.py). Every entry point returns 0 or a cudaError_t; the
-// message is then in cuda_emulator_error().
+// message is then in cuda_emulator_error(). The kernels see copies of the host buffers in
+// DeviceMemory (bounds-checked; inputs read-only and shifted `misalign` bytes off 16-byte alignment).
 #include "../../csrc/cuda/aeppt_kernel.cu"
 
 namespace mia_fast {
@@ -10,6 +11,7 @@ CUDA_EMULATOR_SHARED(dynamic_smem);
 }  // namespace mia_fast
 
 using namespace mia_fast::cuda;
+using cuda_emulator::DeviceMemory;
 
 extern "C" {
 
@@ -30,22 +32,34 @@ void cuda_emulator_plan(int64_t batch, int classes, int hidden1, int hidden2, si
 
 // `plan` = {tile, weights_in_smem, tensor_cores}: as given when tile > 0, else tile and weights_in_smem
 // chosen by aeppt_plan and written back.
+// `weights` as FoldedWeights lists them.
 int cuda_emulator_aeppt(const float* const* weights, int classes, int hidden1, int hidden2, const float* probs,
                         const float* steps, float* adv, float* score_in, float* score_out, int64_t batch, int iters,
                         int preserve_label, int stop_when_flipped, int renormalize, int* plan, size_t smem_limit,
-                        int multiprocessors) {
-  const FoldedWeights w{weights[0], weights[1], weights[2], weights[3], weights[4], weights[5], weights[6],
-                        weights[7], classes, hidden1, hidden2};
-  const AepptArgs a{probs, steps, adv, score_in, score_out, batch, iters, preserve_label != 0,
+                        int multiprocessors, size_t misalign) {
+  const size_t c = classes, h1 = hidden1, h2 = hidden2, b = batch;
+  DeviceMemory m(misalign);
+  const FoldedWeights w{m.input("wp_t", weights[0], c * h1), m.input("wp", weights[1], h1 * c),
+                        m.input("wa_t", weights[2], h1 * h2), m.input("wa", weights[3], h2 * h1),
+                        m.input("bp", weights[4], h1), m.input("table", weights[5], c * h2),
+                        m.input("w3", weights[6], h2), m.input("b3", weights[7], 1), classes, hidden1, hidden2};
+  const AepptArgs a{m.input("probs", probs, b * c), m.input("steps", steps, (size_t)iters * b),
+                    m.output("adv", adv, b * c), m.output("score_in", score_in, b),
+                    m.output("score_out", score_out, b), batch, iters, preserve_label != 0,
                     stop_when_flipped != 0, renormalize != 0};
   if (plan[0] <= 0) cuda_emulator_plan(batch, classes, hidden1, hidden2, smem_limit, multiprocessors, plan);
-  return launch_aeppt(w, a, AepptPlan{plan[0], plan[1] != 0, plan[2] != 0}, nullptr);
+  return m.finish(launch_aeppt(w, a, AepptPlan{plan[0], plan[1] != 0, plan[2] != 0}, nullptr));
 }
 
 int cuda_emulator_select(const float* originals, const float* candidates, const float* losses, const bool* valid,
-                         int64_t* index, float* distances, int64_t n, int k, int d, float threshold, int squared) {
-  const SelectArgs a{originals, candidates, losses, valid, index, distances, n, k, d, threshold, squared != 0};
-  return launch_select(a, nullptr);
+                         int64_t* index, float* distances, int64_t n, int k, int d, float threshold, int squared,
+                         size_t misalign) {
+  const size_t nk = (size_t)n * k;
+  DeviceMemory m(misalign);
+  const SelectArgs a{m.input("originals", originals, (size_t)n * d), m.input("candidates", candidates, nk * d),
+                     m.input("losses", losses, nk), m.input("valid", valid, nk), m.output("index", index, (size_t)n),
+                     m.output("distances", distances, nk), n, k, d, threshold, squared != 0};
+  return m.finish(launch_select(a, nullptr));
 }
 
 }  // extern "C"

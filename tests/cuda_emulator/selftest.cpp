@@ -1,6 +1,8 @@
 // Kernels with the bugs the emulator is there to catch, so its own tests can show it catches them.
 #include <cuda_runtime.h>
 
+#include <vector>
+
 namespace selftest {
 
 extern __shared__ __align__(16) char shared[];
@@ -29,12 +31,29 @@ __global__ void warp_sum(int* out, bool diverge) {
   out[threadIdx.x] = v;
 }
 
+// Memory bugs, one per `bug`: 0 none (out[i] = in[i]), 1 the last thread also writes one past the end of
+// `out`, 2 reads one past the end of `in`, 3 writes to the input, 4 a float4 load off 16-byte alignment,
+// 5 writes one int past the launch's shared memory, 6 reads a page past it.
+__global__ void memory(int* out, const int* in, int bug) {
+  int* s = reinterpret_cast<int*>(shared);
+  const unsigned i = threadIdx.x, n = blockDim.x;
+  int v = __ldg(in + i);
+  if (bug == 1 && i == n - 1) out[n] = v;
+  if (bug == 2 && i == n - 1) v = in[n];
+  if (bug == 3 && i == 0) const_cast<int*>(in)[0] = 7;
+  if (bug == 4 && i == 0) v = (int)__ldg(reinterpret_cast<const float4*>(in + 1)).x;
+  if (bug == 5 && i == n - 1) s[n] = v;
+  if (bug == 6 && i == n - 1) v = s[n + 1024];
+  out[i] = v;
+}
+
 }  // namespace selftest
 
 extern "C" {
 
 // kernel: 0 neighbour without barrier, 1 neighbour with barrier, 2 divergent barrier, 3 warp sum,
-// 4 warp sum with a lane missing. One block of `threads`.
+// 4 warp sum with a lane missing, 5 + bug: `memory` with that bug (on `out` and an input of
+// 0, 1, ... in device memory). One block of `threads`.
 int cuda_emulator_selftest(int kernel, int* out, int threads) {
   using namespace selftest;
   const dim3 grid(1), block((unsigned)threads);
@@ -46,8 +65,17 @@ int cuda_emulator_selftest(int kernel, int* out, int threads) {
     case 2: return cudaLaunchKernel(divergent_barrier, grid, block, args, 0, nullptr);
     case 3:
     case 4: return cudaLaunchKernel(warp_sum, grid, block, args, 0, nullptr);
-    default: return cudaErrorInvalidValue;
+    default: break;
   }
+  if (kernel > 11) return cudaErrorInvalidValue;
+  std::vector<int> host_in(threads);
+  for (int i = 0; i < threads; ++i) host_in[i] = i;
+  cuda_emulator::DeviceMemory m;
+  const int* in = m.input("in", host_in.data(), host_in.size());
+  int* device_out = m.output("out", out, (size_t)threads);
+  int bug = kernel - 5;
+  void* memory_args[] = {&device_out, &in, &bug};
+  return m.finish(cudaLaunchKernel(memory, grid, block, memory_args, sizeof(int) * threads, nullptr));
 }
 
 }  // extern "C"

@@ -8,6 +8,10 @@
 // shuffled): a missing barrier then shows up as results that depend on the order. Shared memory is
 // filled with NaN before each block; barriers that not every thread reaches, and warp operations
 // the 32 lanes do not all execute together, end the launch with an error instead of hanging.
+// Memory is checked like compute-sanitizer's memcheck, with page protection: global buffers made by
+// DeviceMemory end at an inaccessible page and inputs are read-only, shared memory beyond the bytes
+// the launch asked for is inaccessible, fiber stacks have guard pages, and __ldg/__ldcs check
+// alignment. A bad access ends the launch with an error naming the buffer and the byte.
 // Not modelled: memory races inside one segment, timing, occupancy, partial-warp masks.
 #pragma once
 #include <math.h>
@@ -15,7 +19,10 @@
 #include <stdint.h>
 #include <string.h>
 #include <setjmp.h>
+#include <signal.h>
+#include <sys/mman.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -57,10 +64,6 @@ typedef struct CUstream_st* cudaStream_t;
 
 template <class T>
 inline T min(T a, T b) { return b < a ? b : a; }
-template <class T>
-inline T __ldg(const T* p) { return *p; }
-template <class T>
-inline T __ldcs(const T* p) { return *p; }
 
 namespace cuda_emulator {
 
@@ -70,11 +73,46 @@ constexpr size_t kStackBytes = 256 * 1024;
 
 enum class Order { forward = 0, reverse = 1, shuffled = 2 };
 
+inline size_t page_bytes() {
+  static const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  return page;
+}
+inline size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+// Anonymous read-write mapping, unmapped with the object.
+class Mapping {
+ public:
+  explicit Mapping(size_t bytes) : bytes_(bytes) {
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::runtime_error("cuda emulator: mmap of " + std::to_string(bytes) + " bytes failed");
+    base_ = static_cast<char*>(p);
+  }
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  ~Mapping() { munmap(base_, bytes_); }
+  char* base() const { return base_; }
+  size_t bytes() const { return bytes_; }
+  void protect(size_t offset, size_t bytes, int prot) const { mprotect(base_ + offset, bytes, prot); }
+
+ private:
+  char* base_;
+  size_t bytes_;
+};
+
+constexpr unsigned char kPoison = 0xff;  // fills unwritten memory: NaN as a float
+
+// A fiber's stack with an inaccessible page below it, so an overflow faults instead of corrupting.
+struct FiberStack {
+  Mapping mapping{page_bytes() + kStackBytes};
+  FiberStack() { mapping.protect(0, page_bytes(), PROT_NONE); }
+  char* bottom() const { return mapping.base() + page_bytes(); }
+};
+
 struct Fiber {
   ucontext_t start;  // entry into the kernel, used once
   jmp_buf resume;    // where it yielded
   bool started = false;
-  std::unique_ptr<char[]> stack;
+  std::unique_ptr<FiberStack> stack;
   uint3 index;
   enum { runnable, at_block_barrier, at_warp_barrier, done } state = runnable;
 };
@@ -101,6 +139,18 @@ struct Launch {
   int live = 0, at_block_barrier = 0;
   void (*body)() = nullptr;  // runs the kernel for the current fiber
   std::vector<char*> shared;  // the dynamic shared memory arrays (see CUDA_EMULATOR_SHARED)
+  size_t shared_bytes = 0;    // the launch's dynamic shared memory
+  // Global buffers (DeviceMemory) by name, for naming a faulting address.
+  struct Buffer {
+    std::string name;
+    const char *begin, *end;             // the data
+    const char *mapped_begin, *mapped_end;  // with the slack and the guard pages around it
+  };
+  std::vector<Buffer> buffers;
+  // A memory fault inside the launch: where, and whether it was a write (x86-64 only; else unknown).
+  sigjmp_buf fault_return;
+  void* fault_address = nullptr;
+  int fault_write = -1;
 };
 
 inline Launch& launch_state() {
@@ -185,6 +235,15 @@ T shuffle(unsigned mask, T value, Source source, const char* op) {
   return out;
 }
 
+template <class T>
+inline T checked_load(const T* p, const char* op) {
+  // The hardware needs natural alignment for a load of sizeof(T) bytes (a float4 needs 16).
+  if (reinterpret_cast<uintptr_t>(p) % sizeof(T) != 0)
+    fail(std::string(op) + ": misaligned address " + std::to_string(reinterpret_cast<uintptr_t>(p)) + " for a " +
+         std::to_string(sizeof(T)) + "-byte load");
+  return *p;
+}
+
 inline void fiber_entry() {
   Launch& l = launch_state();
   l.body();
@@ -219,7 +278,7 @@ inline bool run_block(std::mt19937& rng) {
     f.index = uint3{i % l.block.x, (i / l.block.x) % l.block.y, i / (l.block.x * l.block.y)};
     f.started = false;
     getcontext(&f.start);
-    f.start.uc_stack.ss_sp = f.stack.get();
+    f.start.uc_stack.ss_sp = f.stack->bottom();
     f.start.uc_stack.ss_size = kStackBytes;
     f.start.uc_link = nullptr;
     makecontext(&f.start, fiber_entry, 0);
@@ -249,7 +308,158 @@ inline bool run_block(std::mt19937& rng) {
   return true;
 }
 
+// Names the byte at a faulting address: which buffer, shared memory or fiber stack it belongs to.
+inline std::string describe_fault() {
+  const Launch& l = launch_state();
+  const char* at = static_cast<const char*>(l.fault_address);
+  const std::string access = l.fault_write == 1 ? "write" : l.fault_write == 0 ? "read" : "access";
+  for (const Launch::Buffer& b : l.buffers) {
+    if (at < b.mapped_begin || at >= b.mapped_end) continue;
+    const long offset = (long)(at - b.begin);
+    if (at >= b.begin && at < b.end)
+      return "memory fault: " + access + " of byte " + std::to_string(offset) + " of read-only input '" + b.name + "'";
+    return "memory fault: out-of-bounds " + access + " of '" + b.name + "' at byte " + std::to_string(offset) +
+           " (it has " + std::to_string(b.end - b.begin) + " bytes)";
+  }
+  for (char* shared : l.shared)
+    if (at >= shared && at < shared + kSharedBytes)
+      return "memory fault: out-of-bounds shared-memory " + access + " at byte " + std::to_string(at - shared) +
+             " (the launch asked for " + std::to_string(l.shared_bytes) + " bytes of dynamic shared memory)";
+  for (const Fiber& f : l.fibers)
+    if (at >= f.stack->mapping.base() && at < f.stack->bottom())
+      return "memory fault: stack overflow of an emulated thread (" + std::to_string(kStackBytes) + " bytes)";
+  if (reinterpret_cast<uintptr_t>(at) < page_bytes())
+    return "memory fault: " + access + " through a null pointer (address " +
+           std::to_string(reinterpret_cast<uintptr_t>(at)) + "; empty tensors have no data)";
+  return "memory fault: " + access + " of address " + std::to_string(reinterpret_cast<uintptr_t>(at)) +
+         " outside every buffer the emulator knows";
+}
+
+inline void on_fault(int, siginfo_t* info, void* context) {
+  Launch& l = launch_state();
+  l.fault_address = info->si_addr;
+#if defined(__x86_64__)
+  l.fault_write = (static_cast<ucontext_t*>(context)->uc_mcontext.gregs[REG_ERR] & 2) != 0;
+#else
+  (void)context;
+  l.fault_write = -1;
+#endif
+  siglongjmp(l.fault_return, 1);
+}
+
+// While a launch runs: SIGSEGV/SIGBUS jump back to it (on a stack of their own, so a fiber's stack
+// overflow is caught too), and shared memory past the launch's bytes is inaccessible.
+class FaultGuard {
+ public:
+  explicit FaultGuard(size_t shared_bytes) : altstack_(SIGSTKSZ * 4) {
+    Launch& l = launch_state();
+    l.shared_bytes = shared_bytes;
+    stack_t stack{};
+    stack.ss_sp = altstack_.base();
+    stack.ss_size = altstack_.bytes();
+    sigaltstack(&stack, &old_stack_);
+    struct sigaction action {};
+    action.sa_sigaction = on_fault;
+    action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGSEGV, &action, &old_segv_);
+    sigaction(SIGBUS, &action, &old_bus_);
+    used_ = round_up(shared_bytes, page_bytes());
+    for (char* shared : l.shared)
+      if (used_ < kSharedBytes) mprotect(shared + used_, kSharedBytes - used_, PROT_NONE);
+  }
+  ~FaultGuard() {
+    for (char* shared : launch_state().shared)
+      if (used_ < kSharedBytes) mprotect(shared + used_, kSharedBytes - used_, PROT_READ | PROT_WRITE);
+    sigaction(SIGSEGV, &old_segv_, nullptr);
+    sigaction(SIGBUS, &old_bus_, nullptr);
+    sigaltstack(&old_stack_, nullptr);
+  }
+  // Bytes of each shared array that stay accessible (the launch's, rounded up to a page).
+  size_t accessible() const { return used_; }
+
+ private:
+  Mapping altstack_;
+  stack_t old_stack_{};
+  struct sigaction old_segv_ {}, old_bus_ {};
+  size_t used_ = 0;
+};
+
+// Global memory for one launch, like cudaMalloc'd buffers: each buffer is a copy of host data whose
+// end abuts an inaccessible page (up to 16-byte alignment; the few bytes of slack are poison that
+// must stay untouched), and inputs are read-only. `misalign` shifts inputs off 16-byte alignment,
+// as a tensor view with a storage offset would be.
+class DeviceMemory {
+ public:
+  explicit DeviceMemory(size_t misalign = 0) : misalign_(misalign) {}
+  DeviceMemory(const DeviceMemory&) = delete;
+  DeviceMemory& operator=(const DeviceMemory&) = delete;
+  ~DeviceMemory() { launch_state().buffers.clear(); }
+
+  template <class T>
+  const T* input(const char* name, const T* host, size_t count) {
+    if (host == nullptr) return nullptr;
+    Slot& s = place(name, host, count * sizeof(T), misalign_);
+    s.mapping->protect(page_bytes(), s.mapping->bytes() - 2 * page_bytes(), PROT_READ);
+    return reinterpret_cast<const T*>(s.begin);
+  }
+  // Copied in (callers poison it) and back by finish().
+  template <class T>
+  T* output(const char* name, T* host, size_t count) {
+    Slot& s = place(name, host, count * sizeof(T), 0);
+    s.host = host;
+    return reinterpret_cast<T*>(s.begin);
+  }
+  // After the launch: outputs back to the host, and the slack around every buffer checked.
+  cudaError_t finish(cudaError_t status) {
+    if (status != cudaSuccess) return status;
+    for (Slot& s : slots_) {
+      const char* first = s.mapping->base() + page_bytes();
+      const char* last = s.mapping->base() + s.mapping->bytes() - page_bytes();
+      for (const char* p = first; p < last; ++p) {
+        if (p == s.begin) p = s.end;
+        if (p < last && (unsigned char)*p != kPoison) {
+          launch_state().error = "memory fault: out-of-bounds write of '" + s.name + "' at byte " +
+                                 std::to_string(p - s.begin) + " (it has " + std::to_string(s.end - s.begin) +
+                                 " bytes)";
+          return cudaErrorLaunchFailure;
+        }
+      }
+      if (s.host != nullptr) memcpy(s.host, s.begin, s.end - s.begin);
+    }
+    return cudaSuccess;
+  }
+
+ private:
+  struct Slot {
+    std::string name;
+    std::unique_ptr<Mapping> mapping;
+    char *begin, *end;
+    void* host = nullptr;
+  };
+  Slot& place(const char* name, const void* host, size_t bytes, size_t misalign) {
+    const size_t page = page_bytes();
+    auto mapping = std::make_unique<Mapping>(page + round_up(bytes + 16 + misalign, page) + page);
+    char* guard = mapping->base() + mapping->bytes() - page;
+    char* begin = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(guard) - bytes - misalign) / 16 * 16 + misalign);
+    memset(mapping->base() + page, kPoison, guard - mapping->base() - page);
+    memcpy(begin, host, bytes);
+    mapping->protect(0, page, PROT_NONE);
+    mapping->protect(mapping->bytes() - page, page, PROT_NONE);
+    launch_state().buffers.push_back({name, begin, begin + bytes, mapping->base(), mapping->base() + mapping->bytes()});
+    slots_.push_back(Slot{name, std::move(mapping), begin, begin + bytes});
+    return slots_.back();
+  }
+  size_t misalign_;
+  std::vector<Slot> slots_;
+};
+
 }  // namespace cuda_emulator
+
+template <class T>
+inline T __ldg(const T* p) { return cuda_emulator::checked_load(p, "__ldg"); }
+template <class T>
+inline T __ldcs(const T* p) { return cuda_emulator::checked_load(p, "__ldcs"); }
 
 #define threadIdx (::cuda_emulator::thread_index())
 #define blockIdx (::cuda_emulator::block_index())
@@ -295,8 +505,9 @@ cudaError_t cudaFuncSetAttribute(void (*kernel)(Params...), cudaFuncAttribute at
 
 // The kernel file's dynamic shared memory (its namespace-scope `extern __shared__` array) is defined
 // by the file that includes the kernels, with CUDA_EMULATOR_SHARED(name) in the same namespace.
+// Page-aligned, so the part past a launch's bytes can be made inaccessible.
 #define CUDA_EMULATOR_SHARED(name)                                         \
-  __shared__ __align__(16) char name[cuda_emulator::kSharedBytes];         \
+  __shared__ __align__(4096) char name[cuda_emulator::kSharedBytes];       \
   static const bool name##_registered = (cuda_emulator::launch_state().shared.push_back(name), true)
 
 namespace cuda_emulator {
@@ -329,7 +540,7 @@ cudaError_t cudaLaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, v
   l.block = block;
   if (l.fibers.size() < threads) {
     l.fibers = std::vector<Fiber>(threads);
-    for (Fiber& f : l.fibers) f.stack.reset(new char[kStackBytes]);
+    for (Fiber& f : l.fibers) f.stack = std::make_unique<FiberStack>();
   }
   l.warps.assign(threads / 32, Warp{});
   // body is a plain function pointer (fibers start without arguments), so the launch's kernel and
@@ -340,12 +551,26 @@ cudaError_t cudaLaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, v
   args_now = args;
   l.body = [] { call_kernel(kernel_now, args_now, std::index_sequence_for<Params...>{}); };
   std::mt19937 rng(l.seed);
+  const FaultGuard guard(shared_bytes);
+  if (sigsetjmp(l.fault_return, 1) != 0) {
+    l.error = describe_fault();
+    return cudaErrorLaunchFailure;
+  }
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
-        for (char* shared : l.shared) memset(shared, 0xff, kSharedBytes);  // NaN floats: unwritten reads show
+        // Poison (NaN floats): reads of unwritten shared memory show. The accessible slack past the
+        // launch's bytes must still be poison after the block.
+        for (char* shared : l.shared) memset(shared, kPoison, guard.accessible());
         l.block_index = uint3{x, y, z};
         if (!run_block(rng)) return cudaErrorLaunchFailure;
+        for (char* shared : l.shared)
+          for (size_t i = shared_bytes; i < guard.accessible(); ++i)
+            if ((unsigned char)shared[i] != kPoison) {
+              l.error = "memory fault: out-of-bounds shared-memory write at byte " + std::to_string(i) +
+                        " (the launch asked for " + std::to_string(shared_bytes) + " bytes of dynamic shared memory)";
+              return cudaErrorLaunchFailure;
+            }
       }
   return cudaSuccess;
 }
