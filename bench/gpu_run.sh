@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One device call: build in place with CUDA, run the CUDA tests, optionally profile, then benchmark.
 # Logs and bench.json land under $OUT.   PYTEST_ARGS, BENCH_ARGS: extra arguments;
-# SANITIZE=1: compute-sanitizer memcheck on the CUDA tests; PROFILE=1: Nsight Compute stall profile.
+# SANITIZE=1: compute-sanitizer memcheck on the CUDA tests, and racecheck (shared-memory hazards inside
+# one barrier interval: the one class of bug the CPU emulator cannot see) on small cases;
+# PROFILE=1: Nsight Compute stall profile.
 set -o pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -12,6 +14,8 @@ python3 -m pytest -q -x tests/test_ops_cuda.py tests/test_ops_aeppt.py tests/tes
 if [ "${SANITIZE:-0}" = 1 ]; then
   compute-sanitizer --tool memcheck python3 -m pytest -q -x tests/test_ops_cuda.py -k "100-4097 or selection" \
     2>&1 | tail -15 | tee "$OUT/sanitizer.log"
+  compute-sanitizer --tool racecheck python3 -m pytest -q -x tests/test_ops_cuda.py -k "10-100 or selection" \
+    2>&1 | tail -15 | tee "$OUT/racecheck.log"
 fi
 if [ "${PROFILE:-0}" = 1 ]; then
   timeout 120 ncu -k regex:aeppt_kernel -c 1 --section WarpStateStats --section SourceCounters --section SpeedOfLight \
