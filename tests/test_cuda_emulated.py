@@ -119,6 +119,18 @@ def test_emulated_selection_equals_reference(emulator, dim, k, misalign, squared
     torch.testing.assert_close(distances, want_distances, atol=1e-4, rtol=1e-5)
 
 
+def test_emulated_selection_with_more_candidates_than_default_shared_memory(emulator):
+    # K = 13000 needs 52,000 bytes of shared memory: past the 48 KB a kernel gets without opting in.
+    g = torch.Generator().manual_seed(2)
+    originals = torch.rand(2, 4, generator=g)
+    candidates = originals[:, None] + 0.1 * torch.randn(2, 13000, 4, generator=g)
+    losses = torch.rand(2, 13000, generator=g)
+    index, distances = emulator.select_within_distance(originals, candidates, losses, 0.1)
+    want_index, want_distances = select_within_distance_reference(originals, candidates, losses, 0.1)
+    assert torch.equal(index, want_index)
+    torch.testing.assert_close(distances, want_distances, atol=1e-5, rtol=1e-5)
+
+
 def test_emulator_catches_missing_barriers_and_divergent_warp_operations(emulator):
     threads = torch.arange(64, dtype=torch.int32)
     assert torch.equal(emulator.selftest("neighbour"), (threads + 1) % 64)

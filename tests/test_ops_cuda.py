@@ -76,6 +76,21 @@ def test_selection_of_views_off_16_byte_alignment():
     torch.testing.assert_close(dist.cpu(), want_dist, atol=1e-4, rtol=1e-5)
 
 
+def test_selection_with_many_candidates():
+    from mia_fast.ops.reference import select_within_distance_reference
+    g = torch.Generator().manual_seed(2)
+    o = torch.rand(3, 4, generator=g)
+    c = o[:, None] + 0.1 * torch.randn(3, 13000, 4, generator=g)  # 52,000 bytes of shared memory: opt-in
+    losses = torch.rand(3, 13000, generator=g)
+    idx, dist = ops.select_within_distance(o.cuda(), c.cuda(), losses.cuda(), 0.1)
+    want_idx, want_dist = select_within_distance_reference(o, c, losses, 0.1)
+    assert torch.equal(idx.cpu(), want_idx)
+    torch.testing.assert_close(dist.cpu(), want_dist, atol=1e-5, rtol=1e-5)
+    too_many = torch.zeros(1, 300_000, 4, device="cuda")  # 1.2 MB of shared memory: more than any GPU has
+    with pytest.raises(RuntimeError, match="K=300000 candidates per original need 1200000 bytes"):
+        ops.select_within_distance(too_many[:, 0], too_many, torch.zeros(1, 300_000, device="cuda"), 0.1)
+
+
 def test_cuda_graph_capture_and_replay():
     probs, weights, steps = aeppt_case(100, 512, 20, seed=5)
     args = [t.cuda() for t in (probs, *weights, steps)]

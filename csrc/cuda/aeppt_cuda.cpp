@@ -51,6 +51,10 @@ std::tuple<at::Tensor, at::Tensor> select_within_distance_cuda(const at::Tensor&
                                                                bool squared) {
   const SelectShape s = check_select_args(originals, candidates, losses, valid);
   const c10::cuda::CUDAGuard guard(originals.device());
+  const size_t smem_limit = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+  TORCH_CHECK(select_smem_bytes(s.k) <= smem_limit, "mia_fast::select_within_distance (CUDA): K=", s.k,
+              " candidates per original need ", select_smem_bytes(s.k), " bytes of shared memory, this GPU has ",
+              smem_limit, " per block (at most ", smem_limit / sizeof(float), " candidates; the CPU op has no limit)");
   auto index = at::empty({s.n}, originals.options().dtype(at::kLong));
   auto distances = at::empty({s.n, s.k}, originals.options());
   SelectArgs a{originals.data_ptr<float>(), candidates.data_ptr<float>(), losses.data_ptr<float>(),

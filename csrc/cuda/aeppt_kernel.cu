@@ -472,6 +472,7 @@ __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptA
 // Selection: one block per original, one warp per candidate; the block then picks the lowest-loss
 // qualifying candidate in index order (ties -> lowest index).
 constexpr int kSelectThreads = 256;
+constexpr size_t kDefaultSmemBytes = 48 * 1024;  // dynamic shared memory a kernel gets without opting in
 
 __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectArgs a) {
   float* d2s = reinterpret_cast<float*>(dynamic_smem);  // [K]
@@ -587,9 +588,16 @@ cudaError_t launch_aeppt(const FoldedWeights& w, const AepptArgs& a, AepptPlan p
   }
 }
 
+size_t select_smem_bytes(int64_t k) { return sizeof(float) * (size_t)k; }
+
 cudaError_t launch_select(const SelectArgs& a, cudaStream_t stream) {
   if (a.n == 0 || a.k == 0) return cudaSuccess;
-  return launch(select_kernel, dim3((unsigned)a.n), dim3(kSelectThreads), sizeof(float) * a.k, stream, a);
+  const size_t smem = select_smem_bytes(a.k);
+  if (smem > kDefaultSmemBytes) {  // K > 12288 candidates: opt in to more (up to the device's limit)
+    const cudaError_t err = cudaFuncSetAttribute(select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (err != cudaSuccess) return err;
+  }
+  return launch(select_kernel, dim3((unsigned)a.n), dim3(kSelectThreads), smem, stream, a);
 }
 
 }  // namespace cuda

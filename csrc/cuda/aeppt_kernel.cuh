@@ -56,6 +56,8 @@ struct SelectArgs {
   float threshold;          // compared with squared distances
   bool squared;             // report squared distances
 };
+// Shared memory the selection kernel needs for K candidates per original (bytes).
+size_t select_smem_bytes(int64_t k);
 cudaError_t launch_select(const SelectArgs& a, cudaStream_t stream);
 
 }  // namespace cuda
