@@ -7,7 +7,7 @@ import torch
 
 from mia_fast import ops
 from mia_fast.ops.reference import select_within_distance_reference
-from mia_fast.testing import aeppt_case
+from mia_fast.testing import aeppt_case, random_folded_weights, random_probs
 
 import cuda_emulator
 
@@ -67,6 +67,17 @@ def test_tensor_core_launch_plans(emulator, tile, weights_in_smem):
     got = emulator.aeppt(probs, *weights, steps, tensor_cores=True, tile=tile, weights_in_smem=weights_in_smem)
     assert got[3] == (tile, weights_in_smem)
     _assert_matches_cpu(got, ops.aeppt(probs, *weights, steps))
+
+
+@pytest.mark.parametrize("classes,hidden,connection_hidden", [(7, 37, 5), (100, 512, 128)])
+@pytest.mark.parametrize("tensor_cores", [False, True])
+def test_hidden_sizes_other_than_the_papers(emulator, classes, hidden, connection_hidden, tensor_cores):
+    # Sizes that are not multiples of the warp, the MMA tile or the 4-sample group, and ones too big for shared memory.
+    g = torch.Generator().manual_seed(hidden)
+    weights = random_folded_weights(classes, g, hidden=hidden, connection_hidden=connection_hidden)
+    probs, steps = random_probs(21, classes, g), torch.rand(5, 21, generator=g) * 1e-3
+    got = emulator.aeppt(probs, *weights, steps, True, False, True, tensor_cores=tensor_cores)
+    _assert_matches_cpu(got, ops.aeppt(probs, *weights, steps, True, False, True))
 
 
 @pytest.mark.parametrize("order", ["reverse", "shuffled"])
