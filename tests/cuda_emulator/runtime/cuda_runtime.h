@@ -308,6 +308,15 @@ inline bool run_block(std::mt19937& rng) {
   return true;
 }
 
+inline std::string out_of_bounds(const std::string& access, const std::string& buffer, long byte, size_t bytes) {
+  return "memory fault: out-of-bounds " + access + " of '" + buffer + "' at byte " + std::to_string(byte) + " (it has " +
+         std::to_string(bytes) + " bytes)";
+}
+inline std::string shared_out_of_bounds(const std::string& access, size_t byte) {
+  return "memory fault: out-of-bounds shared-memory " + access + " at byte " + std::to_string(byte) +
+         " (the launch asked for " + std::to_string(launch_state().shared_bytes) + " bytes of dynamic shared memory)";
+}
+
 // Names the byte at a faulting address: which buffer, shared memory or fiber stack it belongs to.
 inline std::string describe_fault() {
   const Launch& l = launch_state();
@@ -318,13 +327,10 @@ inline std::string describe_fault() {
     const long offset = (long)(at - b.begin);
     if (at >= b.begin && at < b.end)
       return "memory fault: " + access + " of byte " + std::to_string(offset) + " of read-only input '" + b.name + "'";
-    return "memory fault: out-of-bounds " + access + " of '" + b.name + "' at byte " + std::to_string(offset) +
-           " (it has " + std::to_string(b.end - b.begin) + " bytes)";
+    return out_of_bounds(access, b.name, offset, b.end - b.begin);
   }
   for (char* shared : l.shared)
-    if (at >= shared && at < shared + kSharedBytes)
-      return "memory fault: out-of-bounds shared-memory " + access + " at byte " + std::to_string(at - shared) +
-             " (the launch asked for " + std::to_string(l.shared_bytes) + " bytes of dynamic shared memory)";
+    if (at >= shared && at < shared + kSharedBytes) return shared_out_of_bounds(access, at - shared);
   for (const Fiber& f : l.fibers)
     if (at >= f.stack->mapping.base() && at < f.stack->bottom())
       return "memory fault: stack overflow of an emulated thread (" + std::to_string(kStackBytes) + " bytes)";
@@ -398,7 +404,7 @@ class DeviceMemory {
 
   template <class T>
   const T* input(const char* name, const T* host, size_t count) {
-    if (host == nullptr) return nullptr;
+    if (host == nullptr) return nullptr;  // an absent optional input (or an empty tensor's data)
     Slot& s = place(name, host, count * sizeof(T), misalign_);
     s.mapping->protect(page_bytes(), s.mapping->bytes() - 2 * page_bytes(), PROT_READ);
     return reinterpret_cast<const T*>(s.begin);
@@ -419,9 +425,7 @@ class DeviceMemory {
       for (const char* p = first; p < last; ++p) {
         if (p == s.begin) p = s.end;
         if (p < last && (unsigned char)*p != kPoison) {
-          launch_state().error = "memory fault: out-of-bounds write of '" + s.name + "' at byte " +
-                                 std::to_string(p - s.begin) + " (it has " + std::to_string(s.end - s.begin) +
-                                 " bytes)";
+          launch_state().error = out_of_bounds("write", s.name, p - s.begin, s.end - s.begin);
           return cudaErrorLaunchFailure;
         }
       }
@@ -567,8 +571,7 @@ cudaError_t cudaLaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, v
         for (char* shared : l.shared)
           for (size_t i = shared_bytes; i < guard.accessible(); ++i)
             if ((unsigned char)shared[i] != kPoison) {
-              l.error = "memory fault: out-of-bounds shared-memory write at byte " + std::to_string(i) +
-                        " (the launch asked for " + std::to_string(shared_bytes) + " bytes of dynamic shared memory)";
+              l.error = shared_out_of_bounds("write", i);
               return cudaErrorLaunchFailure;
             }
       }
