@@ -103,6 +103,4 @@ class NNAttack(Attack):
 
     @torch.no_grad()
     def score(self, probs, labels) -> np.ndarray:
-        if self._model is None:
-            raise RuntimeError(f"{self!r} is not fitted: call fit() first")
-        return self._model(probs.float(), labels.long()).numpy()
+        return self.model(probs.float(), labels.long()).numpy()

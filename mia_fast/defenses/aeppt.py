@@ -153,8 +153,7 @@ class AEPPTDefense(nn.Module):
         super().__init__()
         if eps < 0 or iters < 0:
             raise ValueError(f"eps and iters must be >= 0, got eps={eps}, iters={iters}")
-        if precision not in ops.PRECISIONS:
-            raise ValueError(f"precision must be one of {ops.PRECISIONS}, got {precision!r}")
+        ops.check_precision(precision)
         self.folded = _folded(mim, torch.device("cpu"))
         self.eps, self.iters = float(eps), int(iters)
         self.preserve_label, self.stop_when_flipped, self.renormalize = preserve_label, stop_when_flipped, renormalize

@@ -49,6 +49,12 @@ def has_cuda_kernels() -> bool:
 PRECISIONS = ("fp32", "3xtf32")
 
 
+def check_precision(precision: str) -> None:
+    """ValueError unless ``precision`` is one of `PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
 def aeppt(probs: Tensor, w_pred: Tensor, b_pred: Tensor, w_hidden: Tensor, class_table: Tensor, w_out: Tensor,
           b_out: Tensor, steps: Tensor, preserve_label: bool = False, stop_when_flipped: bool = False,
           renormalize: bool = False, *, precision: str = "fp32") -> Tuple[Tensor, Tensor, Tensor]:
@@ -59,8 +65,7 @@ def aeppt(probs: Tensor, w_pred: Tensor, b_pred: Tensor, w_hidden: Tensor, class
     hardware's order, so outputs differ from fp32 in the last bits. Experimental: see bench/README.md
     for whether it has been measured on a GPU.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     if precision != "fp32" and probs.device.type != "cuda":
         raise ValueError(f"precision={precision!r} runs on CUDA tensor cores, but probs is on {probs.device}")
     args = (probs, w_pred, b_pred, w_hidden, class_table, w_out, b_out, steps,
@@ -99,4 +104,5 @@ if HAS_EXTENSION:
         return originals.new_empty(n, dtype=torch.long), originals.new_empty(n, k)
 
 
-__all__ = ["aeppt", "select_within_distance", "has_cuda_kernels", "HAS_EXTENSION", "PRECISIONS", "reference"]
+__all__ = ["aeppt", "select_within_distance", "has_cuda_kernels", "HAS_EXTENSION", "PRECISIONS", "check_precision",
+           "reference"]
