@@ -17,7 +17,8 @@ from .models.target import TARGETS
 from .version import __version__
 
 FORMAT = "mia-fast/checkpoint/v1"
-KINDS = {"substitute-mim": "substitute-MIM", "attack-mim": "attack-MIM", "target": "target-model"}
+KINDS = {"substitute-mim": "substitute-MIM", "attack-mim": "attack-MIM", "target": "target-model",
+         "output-defense": "output-defense"}
 
 
 def _build(kind: str, architecture: dict) -> torch.nn.Module:
@@ -39,17 +40,17 @@ def data_hash(tensors: Iterable[torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_model(path, kind: str, model: torch.nn.Module, architecture: dict, meta: dict) -> None:
-    """Save ``model`` of ``kind`` (see KINDS) with its architecture and metadata, atomically."""
+def save_payload(path, kind: str, architecture: dict, meta: dict, state: dict) -> None:
+    """Write a checkpoint of ``kind``: architecture (plain values), metadata and tensors, atomically."""
     payload = {"format": FORMAT, "kind": kind, "version": __version__,
                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "architecture": architecture,
-               "meta": meta, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+               "meta": meta, "state_dict": state}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
-def load_model(path, kind: str) -> Tuple[torch.nn.Module, dict]:
-    """Load a checkpoint of ``kind``; returns (model in eval mode, payload)."""
+def load_payload(path, kind: str) -> dict:
+    """Read a checkpoint of ``kind`` with weights_only=True (nothing but tensors and plain values)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
@@ -60,6 +61,17 @@ def load_model(path, kind: str) -> Tuple[torch.nn.Module, dict]:
         raise CheckpointError(f"checkpoint {path}: not a loadable weights-only checkpoint ({first})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("kind") != kind:
         raise CheckpointError(f"checkpoint {path}: not a mia-fast {KINDS[kind]} checkpoint")
+    return payload
+
+
+def save_model(path, kind: str, model: torch.nn.Module, architecture: dict, meta: dict) -> None:
+    """Save ``model`` of ``kind`` (see KINDS) with its architecture and metadata, atomically."""
+    save_payload(path, kind, architecture, meta, {k: v.detach().cpu() for k, v in model.state_dict().items()})
+
+
+def load_model(path, kind: str) -> Tuple[torch.nn.Module, dict]:
+    """Load a checkpoint of ``kind``; returns (model in eval mode, payload)."""
+    payload = load_payload(path, kind)
     try:
         model = _build(kind, payload["architecture"])
         model.load_state_dict(payload["state_dict"])

@@ -4,22 +4,21 @@ from __future__ import annotations
 import functools
 import json
 import sys
-import time
 from pathlib import Path
 
 import click
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from .attacks.registry import ATTACKS
 from .checkpoint import data_hash, load_substitute, save_substitute
-from .defenses.aeppt import aeppt
+from .data import DATASETS, describe
+from .defenses import AEPPT, create_defense, defense_names, describe_defenses, load_defense, parse_param
 from .errors import InputError, MiaFastError
-from .data import describe
+from .evaluation import EXPERIMENTS
 from .io import as_tensor, atomic_path, load_array
-from .pipeline import Config, RunDir, format_results, run_demo, stage_attack, stage_target
+from .pipeline import (Config, RunDir, deploy_defense, format_results, resolve_defense, run_demo, stage_attack,
+                       stage_target)
 from .training.substitute import train_substitute
-from .validation import check_probabilities
 
 
 def _one_line_errors(fn):
@@ -47,88 +46,101 @@ def main():
     """mia-fast: defend ML models against membership inference, and measure the defense."""
 
 
+def _param_pairs(pairs, *, prefixed: bool) -> dict:
+    """--param values: KEY=VALUE (prefixed: DEFENSE.KEY=VALUE) -> {defense or None: {key: text}}."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"--param {pair!r}: expected {'DEFENSE.' if prefixed else ''}KEY=VALUE")
+        name, dot, key = key.rpartition(".") if prefixed else ("", "", key)
+        if prefixed and not dot:
+            raise InputError(f"--param {pair!r}: name the defense, as in memguard.budget=0.5")
+        out.setdefault(name or None, {})[key] = value
+    return out
+
+
+def _typed(name: str, raw: dict) -> dict:
+    return {key: parse_param(name, key, value) for key, value in raw.items()}
+
+
+@main.command("defenses")
+def defenses_cmd():
+    """Every registered defense with its hyperparameters and their defaults."""
+    for name, kind, doc, defaults in describe_defenses():
+        click.echo(f"{name:13s} {kind:8s} {doc}")
+        click.echo(f"{'':22s} " + (", ".join(f"{k}={v!r}" for k, v in defaults.items()) or "(no hyperparameters)"))
+
+
 @main.command()
 @click.option("--predictions", "-p", required=True, type=click.Path(dir_okay=False), help="Confidence vectors [N, C], .npy or .pt.")
-@click.option("--mim", type=click.Path(dir_okay=False), help="Substitute MIM checkpoint (train-substitute); default: RUN's.")
-@click.option("--run", "run_dir", type=click.Path(file_okay=False), help="A run directory (demo): its substitute MIM and eps.")
-@click.option("--eps", type=float, help="Step size (paper: 9e-4 CIFAR-100, 2e-5 Purchase-100); default: RUN's.")
-@click.option("--iters", default=100, show_default=True, type=click.IntRange(min=0), help="Iterations T.")
-@click.option("--batch", default=4096, show_default=True, type=click.IntRange(min=1), help="Rows per kernel call.")
+@click.option("--defense", type=click.Choice(defense_names("output")), help="Output defense (default aeppt; see: "
+              "mia-fast defenses).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A hyperparameter of the defense (repeat).")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False),
+              help="A run directory: fit what the defense needs there (cached); AEPPT takes the run's MIM and eps.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="A fitted defense (a run's defenses/*/defense.pt).")
+@click.option("--mim", type=click.Path(dir_okay=False), help="AEPPT: substitute MIM checkpoint (train-substitute).")
+@click.option("--eps", type=float, help="AEPPT: step size (paper: 9e-4 CIFAR-100, 2e-5 Purchase-100); default: RUN's.")
+@click.option("--iters", type=click.IntRange(min=0), help="AEPPT: iterations T (default 100, or RUN's).")
+@click.option("--batch", default=4096, show_default=True, type=click.IntRange(min=1), help="Rows per defense call.")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Defended vectors, .npy or .pt.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random step sizes.")
-@click.option("--preserve-label", is_flag=True, help="Never change the argmax.")
-@click.option("--stop-when-flipped", is_flag=True, help="Stop a sample once I' crossed 0.5.")
-@click.option("--renormalize", is_flag=True, help="Make each output sum to 1 again.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the defense's randomness.")
+@click.option("--preserve-label", is_flag=True, help="AEPPT: never change the argmax.")
+@click.option("--stop-when-flipped", is_flag=True, help="AEPPT: stop a sample once I' crossed 0.5.")
+@click.option("--renormalize", is_flag=True, help="AEPPT: make each output sum to 1 again.")
 @click.option("--allow-unnormalized", is_flag=True, help="Accept rows that do not sum to 1.")
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "3xtf32"]),
-              help="3xtf32: tensor-core products on CUDA (experimental, about fp32 accuracy).")
+@click.option("--precision", type=click.Choice(["fp32", "3xtf32"]),
+              help="AEPPT: 3xtf32 = tensor-core products on CUDA (experimental, about fp32 accuracy).")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the summary as JSON.")
 @_one_line_errors
-def defend(predictions, mim, run_dir, eps, iters, batch, out, device, seed, preserve_label, stop_when_flipped,
-           renormalize, allow_unnormalized, precision, json_out):
-    """Turn confidence vectors into AEPPT adversarial predictions (Xue et al., Algorithm 1)."""
-    if run_dir is not None:
-        run = RunDir(run_dir)
-        mim = mim or str(run.path / "substitute.pt")
-        eps = eps if eps is not None else run.config().step_size()
-    if mim is None or eps is None:
-        raise InputError("defend needs --mim and --eps, or --run RUN_DIR to take them from a run")
-    if eps < 0:
-        raise InputError(f"--eps must be >= 0, got {eps}")
+def defend(predictions, defense, params, run_dir, checkpoint, mim, eps, iters, batch, out, device, seed,
+           preserve_label, stop_when_flipped, renormalize, allow_unnormalized, precision, json_out):
+    """Defend a file of confidence vectors with any output defense (default AEPPT, Xue et al. Algorithm 1),
+    streamed in batches and written atomically."""
+    from .defenses.streaming import defend_file
+
+    given = _typed(defense or "aeppt", _param_pairs(params, prefixed=False).get(None, {}))
+    aeppt_flags = {"eps": eps, "iters": iters, "precision": precision, "preserve_label": preserve_label or None,
+                   "stop_when_flipped": stop_when_flipped or None, "renormalize": renormalize or None}
+    set_flags = {k: v for k, v in aeppt_flags.items() if v is not None}
+    if (defense or "aeppt") != "aeppt" and (set_flags or mim):
+        first = next(iter(set_flags), "mim")
+        raise InputError(f"--{first.replace('_', '-')} is an AEPPT option; for {defense} use --param KEY=VALUE")
+    given.update(set_flags)
     dev = _device(device)
-    if precision != "fp32" and dev.type != "cuda":
-        raise InputError(f"--precision {precision} runs on CUDA tensor cores; add --device cuda")
-    model, _ = load_substitute(mim)
-    folded = model.fold().to(dev)
-    data = load_array(predictions, what="predictions", mmap=True)
-    if data.ndim != 2:
-        raise InputError(f"predictions {predictions}: expected a 2-D [N, C] array, got shape {tuple(data.shape)}")
-    n, c = data.shape
-    if n == 0:
-        raise InputError(f"predictions {predictions}: empty input, shape {tuple(data.shape)}")
-    if c != folded.num_classes:
-        raise InputError(f"predictions {predictions}: has {c} classes but the membership model {mim} expects {folded.num_classes}")
-    out_path = Path(out)
-    if out_path.suffix.lower() not in (".npy", ".pt"):
-        raise InputError(f"--out {out}: unsupported file type {out_path.suffix or '(none)'}; use .npy or .pt")
-    gen = torch.Generator().manual_seed(seed)
-    l1_sum, l1_max, flips, decision_flips = 0.0, 0.0, 0, 0
-    kept = []
-    started = time.perf_counter()
-    with atomic_path(out_path) as tmp:
-        sink = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, c)) if out_path.suffix.lower() == ".npy" else None
-        for start in tqdm(range(0, n, batch), desc="defend", unit="batch", disable=None, leave=False):
-            part = as_tensor(data[start:start + batch])
-            if not part.is_floating_point():
-                raise InputError(f"predictions {predictions}: expected float probabilities, got dtype {part.dtype}")
-            check_probabilities(part, num_classes=c, allow_unnormalized=allow_unnormalized, name="predictions",
-                                row_offset=start)
-            res = aeppt(part.to(dev), folded, eps, iters, generator=gen, preserve_label=preserve_label,
-                        stop_when_flipped=stop_when_flipped, renormalize=renormalize, chunk_size=batch,
-                        check_inputs=False, precision=precision)
-            adv = res.adversarial.cpu()
-            if sink is not None:
-                sink[start:start + len(adv)] = adv.numpy()
-            else:
-                kept.append(adv)
-            l1_sum += float(res.l1.sum())
-            l1_max = max(l1_max, float(res.l1.max()))
-            flips += int(res.label_changed.sum())
-            decision_flips += int(res.decision_flipped.sum())
-        if sink is not None:
-            sink.flush()
-            del sink
-        else:
-            torch.save(torch.cat(kept), tmp)
-    elapsed = time.perf_counter() - started
-    summary = {"n": n, "classes": c, "eps": eps, "iters": iters, "device": device, "precision": precision, "seed": seed,
-               "mean_l1": l1_sum / n, "max_l1": l1_max, "label_flips": flips,
-               "decision_flip_rate": decision_flips / n, "seconds": elapsed, "predictions_per_s": n / elapsed}
-    click.echo(f"defended {n} predictions ({c} classes) -> {out}")
-    click.echo(f"  mean L1 {summary['mean_l1']:.4g}  max L1 {l1_max:.4g}  label flips {flips}  "
-               f"I' decisions flipped {summary['decision_flip_rate']:.1%}")
-    click.echo(f"  {summary['predictions_per_s']:.0f} predictions/s on {device} ({elapsed:.2f} s)")
+    if given.get("precision", "fp32") != "fp32" and dev.type != "cuda":
+        raise InputError(f"--precision {given['precision']} runs on CUDA tensor cores; add --device cuda")
+    if checkpoint:
+        chosen = load_defense(checkpoint)
+        if defense is not None and chosen.name != defense:
+            raise InputError(f"--checkpoint {checkpoint} holds a {chosen.name} defense, not {defense}")
+    elif (defense or "aeppt") == "aeppt":
+        run = RunDir(run_dir) if run_dir is not None else None
+        given = {**(AEPPT.run_defaults(run.config().resolved()) if run else {}), **given}
+        mim = mim or (run.path / "substitute.pt" if run else None)
+        if mim is None or given.get("eps") is None:
+            raise InputError("defend needs --mim and --eps, or --run RUN_DIR to take them from a run")
+        if given["eps"] < 0:
+            raise InputError(f"--eps must be >= 0, got {given['eps']}")
+        chosen = AEPPT.from_substitute(load_substitute(mim)[0], **given)
+    elif run_dir is not None:
+        run = RunDir(run_dir)
+        chosen, _, _ = deploy_defense(run, resolve_defense(defense, given, run.config()),
+                                      log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty())
+    else:
+        chosen = create_defense(defense, **given)
+        if not chosen.fitted:
+            raise InputError(f"{defense} must be fitted first: pass --run RUN_DIR (fits it there) or --checkpoint")
+    summary = defend_file(chosen, predictions, out, batch=batch, device=dev, generator=torch.Generator().manual_seed(seed),
+                          allow_unnormalized=allow_unnormalized, progress=sys.stderr.isatty())
+    summary["seed"] = seed
+    click.echo(f"defended {summary['n']} predictions ({summary['classes']} classes) with {chosen!r} -> {out}")
+    rates = "  ".join(f"{k[:-5].replace('_', ' ')} {v:.1%}" for k, v in summary.items() if k.endswith("_rate"))
+    click.echo(f"  mean L1 {summary['mean_l1']:.4g}  max L1 {summary['max_l1']:.4g}  label flips "
+               f"{summary['label_flips']}  {rates}".rstrip())
+    click.echo(f"  {summary['predictions_per_s']:.0f} predictions/s on {device} ({summary['seconds']:.2f} s)")
     if json_out:
         with atomic_path(json_out) as tmp:
             tmp.write_text(json.dumps(summary, indent=2))
@@ -176,8 +188,8 @@ def train_substitute_cmd(members, member_labels, nonmembers, nonmember_labels, o
 
 def _experiment_options(fn):
     options = [
-        click.option("--dataset", default="digits", show_default=True, help="digits (embedded), location30, "
-                     "purchase100, texas100, cifar10, cifar100, mnist, fashion-mnist (see: mia-fast data list)."),
+        click.option("--dataset", default="digits", show_default=True, type=click.Choice(list(DATASETS)),
+                     help="digits is embedded; the others read their published files (see: mia-fast data list)."),
         click.option("--data-dir", type=click.Path(file_okay=False), help="Where the dataset's files are."),
         click.option("--members", type=click.IntRange(min=2), help="|D_tar| (default: the dataset's)."),
         click.option("--nonmembers", type=click.IntRange(min=2), help="|D_tar-bar| (default: the dataset's)."),
@@ -276,38 +288,51 @@ def _attacker_options(fn):
 
 
 def _options(kwargs):
-    from .evaluation.battery import Options
+    from .evaluation.threat import Options
 
     return Options(epochs=kwargs["epochs"], shadows=kwargs["shadows"], queries=kwargs["queries"],
                    noisy_copies=kwargs["noisy_copies"], noise=kwargs["noise"])
 
 
-def _attack_names(text):
-    from .evaluation.battery import ATTACKS
-
+def _names(text, known, what):
     names = [a.strip() for a in text.split(",") if a.strip()] if text else None
-    unknown = [n for n in names or [] if n not in ATTACKS]
+    unknown = [n for n in names or [] if n not in known]
     if unknown:
-        raise InputError(f"--attacks: unknown attack {unknown[0]!r}; known: {', '.join(ATTACKS)}")
+        raise InputError(f"--{what}s: unknown {what} {unknown[0]!r}; known: {', '.join(known)}")
     return names
+
+
+def _attack_names(text):
+    return _names(text, list(ATTACKS), "attack")
+
+
+def _defense_option(fn):
+    fn = click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+                      help="A hyperparameter of the defense (repeat).")(fn)
+    return click.option("--defense", default="aeppt", show_default=True, type=click.Choice(defense_names("output")),
+                        help="The output defense to attack (see: mia-fast defenses).")(fn)
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
+@_defense_option
 @click.option("--attacks", default=None, help="Comma-separated subset of the attacks (default: all; see "
               "`mia-fast attack --help`).")
-@click.option("--no-adaptive", is_flag=True, help="Skip the adaptive attacks (flip, rounding, adversarial "
-              "training, averaging).")
-@click.option("--no-sweep", is_flag=True, help="Skip the step-size sweep and the loss-curve figure.")
+@click.option("--no-adaptive", is_flag=True, help="Skip the adaptive attacks (rounding, averaging, and the "
+              "defense's own: AEPPT's flip and adversarial training).")
+@click.option("--no-sweep", is_flag=True, help="Skip the defense's diagnostics (AEPPT: step-size sweep, loss curve).")
 @_attacker_options
 @_one_line_errors
-def evaluate(run_dir, attacks, no_adaptive, no_sweep, **kwargs):
-    """Attack a demo run without the defense, naively against AEPPT, and defense-aware; adaptive attacks,
-    step-size sweep; writes evaluation.json, evaluation.md, a self-contained evaluation.html and PNG figures."""
+def evaluate(run_dir, defense, params, attacks, no_adaptive, no_sweep, **kwargs):
+    """Attack a run without the defense, naively against it, and defense-aware; adaptive attacks, the
+    defense's diagnostics; writes evaluation.json, evaluation.md, a self-contained evaluation.html and PNG
+    figures."""
     from .evaluation.battery import evaluate_run, format_evaluation
 
-    ev = evaluate_run(run_dir, attacks=_attack_names(attacks), adaptive=not no_adaptive, sweep=not no_sweep,
-                      options=_options(kwargs), log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty())
+    given = _typed(defense, _param_pairs(params, prefixed=False).get(None, {}))
+    ev = evaluate_run(run_dir, defense=defense, params=given, attacks=_attack_names(attacks),
+                      adaptive=not no_adaptive, sweep=not no_sweep, options=_options(kwargs),
+                      log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty())
     click.echo(format_evaluation(ev))
     click.echo(f"report: {Path(run_dir) / 'evaluation.html'} and evaluation.md ({ev['seconds']:.0f} s; numbers in "
                "evaluation.json)")
@@ -315,44 +340,68 @@ def evaluate(run_dir, attacks, no_adaptive, no_sweep, **kwargs):
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--defenses", "defense_list", default=",".join(defense_names("output")), show_default=True,
+              help="Comma-separated output defenses.")
+@click.option("--param", "params", multiple=True, metavar="DEFENSE.KEY=VALUE",
+              help="A hyperparameter of one defense, e.g. memguard.budget=0.5 (repeat).")
+@click.option("--attacks", default=None, help="Comma-separated subset of the attacks (default: all).")
+@click.option("--no-adaptive", is_flag=True, help="Skip the adaptive attacks.")
+@_attacker_options
+@_one_line_errors
+def compare(run_dir, defense_list, params, attacks, no_adaptive, **kwargs):
+    """Run the battery against several output defenses on one run and put them side by side: compare.json,
+    compare.md, a self-contained compare.html and the privacy-utility figure compare.png."""
+    from .evaluation.compare import compare_run, format_comparison
+
+    names = _names(defense_list, defense_names("output"), "defense") or []
+    raw = _param_pairs(params, prefixed=True)
+    typed = {name: _typed(name, values) for name, values in raw.items() if name in names}
+    if set(raw) - set(names):
+        raise InputError(f"--param {sorted(set(raw) - set(names))[0]}.*: that defense is not in --defenses")
+    cmp = compare_run(run_dir, names, params=typed, attacks=_attack_names(attacks), adaptive=not no_adaptive,
+                      options=_options(kwargs), log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty())
+    click.echo(format_comparison(cmp))
+    click.echo(f"report: {Path(run_dir) / 'compare.html'} and compare.md, figure compare.png "
+               f"({cmp['seconds']:.0f} s; numbers in compare.json)")
+
+
+def _attack_help():
+    return "\n".join(f"{name:18s}{spec.description}" for name, spec in ATTACKS.items())
+
+
+@main.command(help="Run one attack NAME on a run, in three settings (no defense, naive, defense-aware).\n\n\b\n"
+              + _attack_help())
+@click.argument("run_dir", type=click.Path(file_okay=False))
 @click.argument("name")
+@_defense_option
 @_attacker_options
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Write the metrics as JSON.")
 @_one_line_errors
-def attack(run_dir, name, json_out, **kwargs):
-    """Run one attack NAME on a demo run, in the three settings (no defense, naive, defense-aware).
-
-    \b
-    gap               label-only: member iff correctly classified
-    confidence        true-class confidence, per-class thresholds from shadow models
-    entropy           prediction entropy, per-class thresholds from shadow models
-    modified_entropy  Song & Mittal's modified entropy, per-class thresholds
-    mim0, mim1, mim2  the paper's attack networks (sec. 5.2, Table 6)
-    mim3              MIM0 with non-members from another distribution
-    shokri            per-class attack networks trained on shadow models
-    lira              offline LiRA (per-record Gaussians from shadow models)
-    robustness        label-only: share of noisy queries still labelled correctly
-    """
-    from .evaluation.battery import Battery, run_attack
+def attack(run_dir, name, defense, params, json_out, **kwargs):
+    from .evaluation.battery import run_attack
+    from .evaluation.threat import Deployment, ThreatModel
 
     if len(_attack_names(name) or []) != 1:
         raise InputError(f"NAME: one attack, got {name!r} (evaluate runs several)")
-    results, _, _ = run_attack(Battery(run_dir, _options(kwargs), log=lambda m: click.echo(m, err=True),
-                                       progress=sys.stderr.isatty()), name)
+    threat = ThreatModel(run_dir, _options(kwargs), log=lambda m: click.echo(m, err=True),
+                         progress=sys.stderr.isatty())
+    deployment = Deployment(threat, defense, _typed(defense, _param_pairs(params, prefixed=False).get(None, {})))
+    results, _ = run_attack(threat, name, deployment)
     for metrics in results.values():
         for key in [k for k in metrics if k.startswith("per_class_")]:
             del metrics[key]
-    click.echo(f"{'':10s}{'accuracy':>10s}{'precision':>11s}{'recall':>8s}{'AUC':>8s}{'TPR@1%FPR':>11s}")
+    click.echo(f"{'':10s}{'accuracy':>10s}{'precision':>11s}{'recall':>8s}{'AUC':>8s}{'AUC corr.':>10s}"
+               f"{'TPR@1%FPR':>11s}")
     for setting, m in results.items():
         click.echo(f"{setting:10s}{m['accuracy']:10.3f}{m['precision']:11.3f}{m['recall']:8.3f}{m['auc']:8.3f}"
-                   f"{m['tpr_at_1%_fpr']:11.3f}")
+                   f"{m['auc_correct']:10.3f}{m['tpr_at_1%_fpr']:11.3f}")
     if json_out:
         with atomic_path(Path(json_out)) as tmp:
-            tmp.write_text(json.dumps({"attack": name, "run": str(run_dir), **results}, indent=2))
+            tmp.write_text(json.dumps({"attack": name, "run": str(run_dir), "defense": defense, **results}, indent=2))
 
 
 @main.command()
-@click.argument("experiment", type=click.Choice(["table2", "step-size", "adversary", "mims", "adaptive", "classes"]))
+@click.argument("experiment", type=click.Choice(EXPERIMENTS))
 @_experiment_options
 @click.option("--run-dir", default=None, type=click.Path(file_okay=False),
               help="Default: runs/DATASET-seedSEED-EXPERIMENT (or -2, -3, ... if taken).")
@@ -366,8 +415,8 @@ def reproduce(experiment, run_dir, force, epochs, queries, **kwargs):
     """Run a named experiment of the AEPPT paper and print it beside the paper's numbers (CIFAR-100,
     Purchase-100): table2, step-size (Tables 3-4), adversary (Fig. 7), mims (Tables 6-7), adaptive (Table 8),
     classes (Table 5, classes merged as label mod k)."""
-    from .evaluation.battery import Options
     from .evaluation.reproduce import reproduce as run_experiment
+    from .evaluation.threat import Options
 
     cfg = _config(kwargs)
     path = (_fresh_run_dir(run_dir, force) if run_dir

@@ -6,13 +6,16 @@
     defend     AEPPT on every output the target serves; score MIM0 without and with the defense
 
 `run_demo` runs all four; every artefact lands in the run directory, written atomically:
-config.json, splits.json, target.pt, substitute.pt, mim0.pt, outputs/*.npy, results.json.
+config.json, splits.json, target.pt, substitute.pt, mim0.pt, outputs/*.npy, results.json, and the
+deployed defense under defenses/NAME-HASH/ (`deploy_defense`: the fitted defense, the served answers on
+D_tar and D_tar-bar, summary.json), where every later evaluation of the same defense finds it.
 The adversary here is the paper's (sec. 5.3): it trains MIM0 on undefended outputs of the records it
 knows and then attacks the defended outputs of the others.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -25,11 +28,13 @@ import torch
 from .checkpoint import data_hash, load_model, save_model, save_substitute, load_substitute
 from .data import load_dataset, make_splits
 from .data.splits import Splits
-from .defenses.aeppt import PAPER_EPS, aeppt
+from .defenses import AEPPT, DEFENSES, OutputDefense, create_defense, load_defense
+from .defenses.output.aeppt import PAPER_EPS
 from .errors import InputError
-from .evaluation.metrics import attack_metrics
 from .io import atomic_path, save_array
+from .metrics import attack_metrics
 from .models import TARGETS, AttackMIM, target_for
+from .seeding import stream, stream_seed
 from .training import accuracy, predict_proba, train_substitute, train_target
 
 #: Per-dataset defaults; anything not named falls back to the paper's setting (Config's defaults).
@@ -116,6 +121,11 @@ class RunDir:
             raise InputError(f"run directory {self.path}: outputs/{name}.npy missing")
         return torch.from_numpy(np.load(p, allow_pickle=False))
 
+    def fingerprint(self) -> str:
+        """sha256 of the splits and the target's outputs: a cache made for another target is stale."""
+        return data_hash([torch.frombuffer(bytearray((self.path / "splits.json").read_bytes()), dtype=torch.uint8),
+                          self.output("members"), self.output("nonmembers")])
+
 
 Log = Callable[[str], None]
 
@@ -143,12 +153,12 @@ def stage_target(run: RunDir, cfg: Config, *, log: Log = print, progress: bool =
     log(f"target: {name} on {cfg.dataset} ({len(splits.members)} members, {len(splits.nonmembers)} non-members), "
         f"{cfg.target_epochs} epochs")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(stream_seed(cfg.seed, "target"))
         model = TARGETS[name](**kwargs)
     x_in, y_in = ds.x[splits.members], ds.y[splits.members]
     x_out, y_out = ds.x[splits.nonmembers], ds.y[splits.nonmembers]
-    history = train_target(model, x_in, y_in, epochs=cfg.target_epochs, lr=cfg.target_lr, seed=cfg.seed,
-                           device=cfg.device, progress=progress)
+    history = train_target(model, x_in, y_in, epochs=cfg.target_epochs, lr=cfg.target_lr,
+                           seed=stream_seed(cfg.seed, "target"), device=cfg.device, progress=progress)
     for split, x, y in [("members", x_in, y_in), ("nonmembers", x_out, y_out)]:
         run.save_output(split, predict_proba(model, x, device=cfg.device).numpy())
         run.save_output(f"{split}_labels", y)
@@ -164,8 +174,8 @@ def stage_substitute(run: RunDir, cfg: Config, *, log: Log = print, progress: bo
     m, n = run.output("members"), run.output("nonmembers")
     ml, nl = run.output("members_labels"), run.output("nonmembers_labels")
     log(f"substitute MIM: {len(m)} members vs {len(n)} non-members, {cfg.mim_epochs} epochs")
-    model, history = train_substitute(m, ml, n, nl, epochs=cfg.mim_epochs, seed=cfg.seed, device=cfg.device,
-                                      progress=progress)
+    model, history = train_substitute(m, ml, n, nl, epochs=cfg.mim_epochs, seed=stream_seed(cfg.seed, "substitute"),
+                                      device=cfg.device, progress=progress)
     meta = {"train_accuracy": history["train_accuracy"], "epochs": cfg.mim_epochs,
             "training_data_sha256": data_hash([m, ml, n, nl])}
     save_substitute(run.path / "substitute.pt", model, meta)
@@ -187,10 +197,11 @@ def stage_attack(run: RunDir, cfg: Config, *, log: Log = print, progress: bool =
     m, n = run.output("members")[rows_in], run.output("nonmembers")[rows_out]
     ml, nl = run.output("members_labels")[rows_in], run.output("nonmembers_labels")[rows_out]
     log(f"adversary MIM0: {len(m)} known members vs {len(n)} known non-members, {cfg.mim_epochs} epochs")
+    seed = stream_seed(cfg.seed, "adversary-mim0")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed + 1)
+        torch.manual_seed(seed)
         mim0 = AttackMIM.mim0(m.shape[1])
-    mim0, history = train_substitute(m, ml, n, nl, epochs=cfg.mim_epochs, seed=cfg.seed + 1, device=cfg.device,
+    mim0, history = train_substitute(m, ml, n, nl, epochs=cfg.mim_epochs, seed=seed, device=cfg.device,
                                      progress=progress, model=mim0, desc="adversary MIM0")
     meta = {"train_accuracy": history["train_accuracy"], "epochs": cfg.mim_epochs}
     save_model(run.path / "mim0.pt", "attack-mim", mim0, mim0.architecture(), meta)
@@ -203,46 +214,113 @@ def _scores(model, probs, labels):
     return model(probs.float(), labels.long()).numpy()
 
 
-def stage_defend(run: RunDir, cfg: Config, *, log: Log = print) -> dict:
-    substitute, _ = load_substitute(run.path / "substitute.pt")
-    mim0, _ = load_model(run.path / "mim0.pt", "attack-mim")
-    eps = cfg.step_size()
+def resolve_defense(name: str, params: Optional[dict], cfg: Config) -> OutputDefense:
+    """A new defense ``name`` whose unset hyperparameters come from the run's config where the defense
+    says how (AEPPT: the run's eps, T and MIM epochs), else from the defense's defaults."""
+    if name not in DEFENSES:
+        raise InputError(f"unknown defense {name!r}; known: {', '.join(DEFENSES)}")
+    run_defaults = getattr(DEFENSES[name], "run_defaults", None)
+    merged = {**(run_defaults(cfg.resolved()) if run_defaults else {}), **(params or {})}
+    defense = create_defense(name, **merged)
+    if defense.kind != "output":
+        raise InputError(f"defense {name!r} is a {defense.kind} defense; this needs an output defense")
+    return defense
+
+
+def defense_key(defense: OutputDefense) -> str:
+    """The directory name of a deployed defense: NAME-HASH of its hyperparameters."""
+    params = json.dumps(defense.params(), sort_keys=True)
+    return f"{defense.name}-{hashlib.sha256(params.encode()).hexdigest()[:10]}"
+
+
+def _defender_inputs(cfg: Config, run: RunDir):
+    """The target model and the features of D_tar, for defenses that query the target."""
+    ds = load_run_dataset(cfg)
+    return load_model(run.path / "target.pt", "target")[0], torch.from_numpy(ds.x[run.splits().members])
+
+
+def deploy_defense(run: RunDir, defense: OutputDefense, *, refresh: bool = False, log: Log = print,
+                   progress: bool = False) -> tuple:
+    """The defense as the defender deploys it on this run: fitted (unless it is already) on the target's
+    outputs on D_tar (members) and D_tar-bar (non-members), then applied to every one of them.
+
+    Cached in defenses/NAME-HASH/ (defense.pt, members.npy, nonmembers.npy, summary.json, written
+    atomically, summary last); a cache made for another target is not used. ``refresh`` redoes it.
+    Returns (fitted defense, {"members": served, "nonmembers": served}, summary).
+    """
+    cfg = run.config().resolved()
+    folder = run.path / "defenses" / defense_key(defense)
+    fingerprint = run.fingerprint()
+    summary_path = folder / "summary.json"
+    if not refresh and summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("run_fingerprint") == fingerprint:
+            served = {s: torch.from_numpy(np.load(folder / f"{s}.npy", allow_pickle=False))
+                      for s in ("members", "nonmembers")}
+            return load_defense(folder / "defense.pt"), served, summary
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = {s: run.output(s) for s in ("members", "nonmembers")}
+    labels = {s: run.output(f"{s}_labels").long() for s in ("members", "nonmembers")}
+    if not defense.fitted:
+        log(f"{defense.name}: fitting on {len(raw['members'])} members and {len(raw['nonmembers'])} non-members")
+        target, inputs = _defender_inputs(cfg, run) if "target" in defense.uses else (None, None)
+        defense.fit(raw["members"], labels["members"], raw["nonmembers"], labels["nonmembers"], target=target,
+                    inputs=inputs, seed=stream_seed(cfg.seed, "defense-fit"), device=cfg.device, progress=progress)
     device = torch.device(cfg.device)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    outputs, stats, seconds = {}, {}, 0.0
-    for split in ("members", "nonmembers"):
-        probs = run.output(split)
+    served, stats, seconds = {}, {}, 0.0
+    for index, split in enumerate(("members", "nonmembers")):
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        res = aeppt(probs.to(device), substitute, eps, cfg.iters, generator=gen, chunk_size=cfg.batch)
-        adv = res.adversarial.cpu()
+        res = defense.defend(raw[split].to(device), generator=stream(cfg.seed, "deployed-defense", index))
+        served[split] = res.defended.cpu()
         seconds += time.perf_counter() - started
-        outputs[split] = adv
         stats[split] = res.summary()
-        run.save_output(f"{split}_defended", adv.numpy())
-    n_total = sum(s["n"] for s in stats.values())
+    n_total = sum(v["n"] for v in stats.values())
+    acc = lambda p, y: float((p.argmax(1) == y).float().mean())  # noqa: E731
+    summary = {"name": defense.name, "params": defense.params(), "key": folder.name, "run_fingerprint": fingerprint,
+               "target": {"train_accuracy": {"without": acc(raw["members"], labels["members"]),
+                                             "with": acc(served["members"], labels["members"])},
+                          "test_accuracy": {"without": acc(raw["nonmembers"], labels["nonmembers"]),
+                                            "with": acc(served["nonmembers"], labels["nonmembers"])}},
+               "perturbation": {"mean_l1": sum(v["mean_l1"] * v["n"] for v in stats.values()) / n_total,
+                                "max_l1": max(v["max_l1"] for v in stats.values()),
+                                "label_flips": sum(v["label_flips"] for v in stats.values()),
+                                **{k: sum(v[k] * v["n"] for v in stats.values()) / n_total
+                                   for k in stats["members"] if k.endswith("_rate")}},
+               "defense": {"predictions": n_total, "seconds": seconds,
+                           "predictions_per_s": n_total / seconds if seconds > 0 else float("inf"), "device": cfg.device}}
+    defense.save(folder / "defense.pt", meta={"run": str(run.path), "key": folder.name})
+    for split in served:
+        save_array(folder / f"{split}.npy", served[split].numpy())
+    with atomic_path(summary_path) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
+    return defense, served, summary
+
+
+def stage_defend(run: RunDir, cfg: Config, *, log: Log = print) -> dict:
+    """AEPPT with the run's substitute MIM on every output (`deploy_defense`), and the run's MIM0 on the
+    scored records without and with it."""
+    cfg = cfg.resolved()
+    substitute, _ = load_substitute(run.path / "substitute.pt")
+    mim0, _ = load_model(run.path / "mim0.pt", "attack-mim")
+    defense = AEPPT.from_substitute(substitute, **AEPPT.run_defaults(cfg))
+    _, served, summary = deploy_defense(run, defense, refresh=True, log=log)
     s = run.splits()
     rows_in, rows_out = record_positions(run, s.eval_members, s.eval_nonmembers)
     lab_in, lab_out = run.output("members_labels"), run.output("nonmembers_labels")
     raw_in, raw_out = run.output("members"), run.output("nonmembers")
     without = attack_metrics(_scores(mim0, raw_in[rows_in], lab_in[rows_in]),
                              _scores(mim0, raw_out[rows_out], lab_out[rows_out]))
-    with_def = attack_metrics(_scores(mim0, outputs["members"][rows_in], lab_in[rows_in]),
-                              _scores(mim0, outputs["nonmembers"][rows_out], lab_out[rows_out]))
-    acc = lambda p, y: float((p.argmax(1) == y).float().mean())  # noqa: E731
+    with_def = attack_metrics(_scores(mim0, served["members"][rows_in], lab_in[rows_in]),
+                              _scores(mim0, served["nonmembers"][rows_out], lab_out[rows_out]))
+    p = summary["perturbation"]
     results = {
-        "dataset": cfg.dataset, "eps": eps, "iters": cfg.iters, "seed": cfg.seed,
-        "target": {"train_accuracy": {"without": acc(raw_in, lab_in), "with": acc(outputs["members"], lab_in)},
-                   "test_accuracy": {"without": acc(raw_out, lab_out), "with": acc(outputs["nonmembers"], lab_out)}},
-        "mim0": {"without": without, "with": with_def},
-        "perturbation": {"mean_l1": sum(v["mean_l1"] * v["n"] for v in stats.values()) / n_total,
-                         "max_l1": max(v["max_l1"] for v in stats.values()),
-                         "label_flips": sum(v["label_flips"] for v in stats.values()),
-                         "substitute_decision_flip_rate":
-                             sum(v["decision_flip_rate"] * v["n"] for v in stats.values()) / n_total},
-        "defense": {"predictions": n_total, "seconds": seconds, "predictions_per_s": n_total / seconds,
-                    "device": cfg.device},
+        "dataset": cfg.dataset, "eps": cfg.eps, "iters": cfg.iters, "seed": cfg.seed, "defense_key": summary["key"],
+        "target": summary["target"], "mim0": {"without": without, "with": with_def},
+        "perturbation": {"mean_l1": p["mean_l1"], "max_l1": p["max_l1"], "label_flips": p["label_flips"],
+                         "substitute_decision_flip_rate": p["decision_flipped_rate"]},
+        "defense": summary["defense"],
     }
     run.write_json("results.json", results)
     return results

@@ -81,7 +81,7 @@ def _write(path, array):
     ("range.npy", np.full((4, 10), 1.5, np.float32), "outside \\[0, 1\\]"),
     ("sum.npy", np.full((4, 10), 0.05, np.float32), "sums to 0.5"),
     ("ndim.npy", np.full((10,), 0.1, np.float32), "expected a 2-D"),
-    ("classes.npy", np.full((4, 5), 0.2, np.float32), "has 5 classes but the membership model"),
+    ("classes.npy", np.full((4, 5), 0.2, np.float32), "has 5 classes but the aeppt defense expects 10"),
     ("empty.npy", np.zeros((0, 10), np.float32), "empty input"),
     ("int.npy", np.ones((4, 10), np.int64), "expected float probabilities"),
     ("corrupt.npy", None, "cannot be read"),

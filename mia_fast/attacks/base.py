@@ -32,7 +32,7 @@ class Attack:
                  nonmember_labels: Tensor) -> dict:
         """`attack_metrics` on scored records, at this attack's own decision threshold (for attacks that
         need only the confidence vectors and labels)."""
-        from ..evaluation.metrics import attack_metrics
+        from ..metrics import attack_metrics
 
         return attack_metrics(self.score(member_probs, member_labels), self.score(nonmember_probs, nonmember_labels),
                               threshold=self.threshold)

@@ -65,8 +65,6 @@ class RobustnessAttack(Attack):
     [0.75, 0.5]
     """
 
-    needs_noisy_labels = True
-
     def __init__(self):
         self.threshold = 0.5
 

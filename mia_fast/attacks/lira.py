@@ -49,8 +49,6 @@ class LiRAOffline(Attack):
     (True, True)
     """
 
-    needs_reference = True
-
     def __init__(self, *, global_variance: bool = True):
         self.global_variance = global_variance
         self.threshold = 0.5

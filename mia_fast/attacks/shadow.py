@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..seeding import numpy_stream, stream_seed
 from ..training.target import predict_proba, train_target
 
 Tensor = torch.Tensor
@@ -39,22 +40,24 @@ def train_shadow_models(make_model: Callable[[], nn.Module], x, y, *, num_shadow
     """Train ``num_shadows`` models, each on ``train_size`` records drawn at random from the pool (x, y).
 
     Each shadow is trained like the target (`train_target`: cross-entropy, Adam), so its members are
-    as overfit as the target's. Deterministic from ``seed``.
+    as overfit as the target's. Deterministic from ``seed`` (named streams: which records train each
+    shadow, and shadow k's initialisation and batch order).
     """
     n = len(y)
     if num_shadows < 1 or not 0 < train_size < n:
         raise ValueError(f"need num_shadows >= 1 and 0 < train_size < {n} (pool size); "
                          f"got num_shadows={num_shadows}, train_size={train_size}")
-    rng = np.random.default_rng(seed)
+    rng = numpy_stream(seed, "shadow-subsets")
     x, y = torch.as_tensor(np.asarray(x)), torch.as_tensor(np.asarray(y))
     models, in_mask = [], torch.zeros(num_shadows, n, dtype=torch.bool)
     for k in tqdm(range(num_shadows), desc="shadow models", disable=not progress, leave=False):
         chosen = torch.from_numpy(rng.choice(n, size=train_size, replace=False))
         in_mask[k, chosen] = True
+        model_seed = stream_seed(seed, "shadow-model", k)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + 1000 + k)
+            torch.manual_seed(model_seed)
             model = make_model()
-        train_target(model, x[chosen], y[chosen], epochs=epochs, lr=lr, seed=seed + 1000 + k, device=device,
+        train_target(model, x[chosen], y[chosen], epochs=epochs, lr=lr, seed=model_seed, device=device,
                      progress=False)
         models.append(model.cpu())
     return ShadowModels(models, in_mask)

@@ -1,4 +1,10 @@
-"""Defenses against membership inference."""
-from .aeppt import AEPPTDefense, AEPPTResult, PAPER_EPS, aeppt
+"""Defenses against membership inference: one interface (`OutputDefense`, `TrainingDefense`) and a
+registry (`create_defense(name, **params)`, `defense_names()`); output defenses in `output/`."""
+from .base import (DEFENSES, DefenseResult, OutputDefense, TrainingDefense, create_defense, defense_names,
+                   describe_defenses, load_defense, parse_param, register_defense)
+from .output import (AEPPT, PAPER_EPS, AEPPTDefense, AEPPTResult, HAMPOutput, LabelOnly, MemGuard, Rounding, TopK,
+                     aeppt)
 
-__all__ = ["aeppt", "AEPPTDefense", "AEPPTResult", "PAPER_EPS"]
+__all__ = ["DEFENSES", "DefenseResult", "OutputDefense", "TrainingDefense", "create_defense", "defense_names",
+           "describe_defenses", "load_defense", "parse_param", "register_defense", "AEPPT", "AEPPTDefense",
+           "AEPPTResult", "PAPER_EPS", "aeppt", "HAMPOutput", "LabelOnly", "MemGuard", "Rounding", "TopK"]

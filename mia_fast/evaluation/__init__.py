@@ -1,4 +1,5 @@
-"""Evaluation: membership-inference metrics and the attack battery."""
-from .metrics import attack_metrics, per_class_metrics, tpr_at_fpr
+"""Evaluation: who sees what (threat), the attack battery, defense comparisons, reports, and the papers'
+experiments (reproduce)."""
 
-__all__ = ["attack_metrics", "per_class_metrics", "tpr_at_fpr"]
+#: The AEPPT paper's experiments `mia-fast reproduce` runs (`mia_fast.evaluation.reproduce`).
+EXPERIMENTS = ("table2", "step-size", "adversary", "mims", "adaptive", "classes")

@@ -11,15 +11,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
 
 from ..io import atomic_path  # noqa: E402
 
-SETTINGS = [("none", "no defense", "-"), ("naive", "AEPPT, naive attacker", ":"),
-            ("aware", "AEPPT, defense-aware", "--")]
 FIGURES = {"roc.png": "ROC curves (log-log)", "per_class_cdf.png": "Per-class accuracy, precision, recall (CDF)",
            "step_size.png": "Step-size sweep (Tables 3-4)",
            "attacker_loss.png": "Adversary's loss during generation (Fig. 5)"}
+
+
+def settings(label: str) -> list:
+    """(setting, its name in reports, line style) for a defense named ``label``."""
+    return [("none", "no defense", "-"), ("naive", f"{label}, naive attacker", ":"),
+            ("aware", f"{label}, defense-aware", "--")]
 
 
 def _save(fig, path: Path) -> None:
@@ -28,10 +31,13 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def roc_figure(scores: dict, path: Path, title: str) -> None:
+def roc_figure(scores: dict, path: Path, title: str, label: str) -> None:
     """ROC curves on log-log axes (low false-positive rates matter for MIA), one panel per setting."""
-    fig, axes = plt.subplots(1, len(SETTINGS), figsize=(13, 4.3), sharey=True)
-    for ax, (setting, label, _) in zip(axes, SETTINGS):
+    from sklearn.metrics import roc_curve
+
+    panels = settings(label)
+    fig, axes = plt.subplots(1, len(panels), figsize=(13, 4.3), sharey=True)
+    for ax, (setting, label, _) in zip(axes, panels):
         for i, (name, by_setting) in enumerate(scores.items()):
             s_in, s_out = by_setting[setting]
             fpr, tpr, _ = roc_curve(np.r_[np.ones(len(s_in)), np.zeros(len(s_out))], np.r_[s_in, s_out])
@@ -66,7 +72,7 @@ def per_class_cdf_figure(evaluation: dict, attack: str, path: Path, title: str) 
     """`cdf_figure` of one attack of an evaluation, one line per setting."""
     by = evaluation["attacks"][attack]
     cdf_figure([(label, style, {m: by[setting][f"per_class_{m}"] for m in ("accuracy", "precision", "recall")})
-                for setting, label, style in SETTINGS], attack, path, title)
+                for setting, label, style in settings(evaluation["defense"]["label"])], attack, path, title)
 
 
 def step_size_figure(rows: list, path: Path, title: str) -> None:
@@ -97,28 +103,36 @@ def _pct(v) -> str:
     return f"{100 * v:.1f}%"
 
 
+METRIC_COLUMNS = [("accuracy", "accuracy"), ("precision", "precision"), ("recall", "recall"), ("auc", "AUC"),
+                  ("auc_correct", "AUC, correctly classified"), ("auc_misclassified", "AUC, misclassified"),
+                  ("advantage", "advantage"), ("tpr_at_1%_fpr", "TPR @ 1% FPR"),
+                  ("tpr_at_0.1%_fpr", "TPR @ 0.1% FPR"), ("tpr_at_0%_fpr", "TPR @ 0% FPR")]
+
+
+def metric_cells(m: dict) -> list:
+    return [f"{m.get(key, float('nan')):.3f}" for key, _ in METRIC_COLUMNS]
+
+
 def _tables(ev: dict) -> list:
     """(heading, intro, header, rows) of every table in the report."""
-    metric_cols = ["accuracy", "precision", "recall", "auc", "advantage", "tpr_at_1%_fpr", "tpr_at_0.1%_fpr"]
-    header = ["attack", "setting", "accuracy", "precision", "recall", "AUC", "advantage", "TPR @ 1% FPR",
-              "TPR @ 0.1% FPR"]
-    fmt = lambda m: [f"{m[c]:.3f}" for c in metric_cols]  # noqa: E731
-    rows = [[name, label, *fmt(by[setting])] for name, by in ev["attacks"].items() for setting, label, _ in SETTINGS]
-    tables = [("Attacks", "Scored on records the attacker did not know. \"naive\": fitted on undefended data (the "
-               "paper's adversary); \"defense-aware\": fitted on defended data (the deployed answers for its known "
-               "records, or its shadow outputs defended with its own substitute). An AUC below 0.5 is leakage too.",
-               header, rows)]
-    if "defense" in ev:
-        d = ev["defense"]
-        t, p = d["target"], d["perturbation"]
-        tables.append(("Target model and perturbation (Table 2)", "", ["", "without defense", "with AEPPT"], [
-            ["train accuracy", _pct(t["train_accuracy"]["without"]), _pct(t["train_accuracy"]["with"])],
-            ["test accuracy", _pct(t["test_accuracy"]["without"]), _pct(t["test_accuracy"]["with"])],
-            ["mean L1 perturbation", "-", f"{p['mean_l1']:.4f}"], ["label flips", "-", str(p["label_flips"])]]))
+    label = ev["defense"]["label"]
+    header = ["attack", "setting", *(name for _, name in METRIC_COLUMNS)]
+    rows = [[name, text, *metric_cells(by[setting])] for name, by in ev["attacks"].items()
+            for setting, text, _ in settings(label)]
+    tables = [("Attacks", f"Scored on records the attacker did not know. \"naive\": fitted on undefended data (the "
+               f"paper's adversary); \"defense-aware\": fitted on data defended by {label} (the deployed answers for "
+               "its known records, or its shadow outputs defended with its own copy of the defense). An AUC below "
+               "0.5 is leakage too. The AUC among correctly classified records is the leakage beyond the label; "
+               f"the gap attack's floor is {_pct(ev['gap_floor'])}.", header, rows)]
+    d = ev["defense"]
+    t, p = d["target"], d["perturbation"]
+    tables.append(("Target model and perturbation", f"{label}: {d['params']}", ["", "without defense", f"with {label}"], [
+        ["train accuracy", _pct(t["train_accuracy"]["without"]), _pct(t["train_accuracy"]["with"])],
+        ["test accuracy", _pct(t["test_accuracy"]["without"]), _pct(t["test_accuracy"]["with"])],
+        ["mean L1 perturbation", "-", f"{p['mean_l1']:.4f}"], ["label flips", "-", str(p["label_flips"])]]))
     if "adaptive" in ev:
-        tables.append(("Adaptive attacks on AEPPT (sec. 5.8, Table 8)",
-                       "MIM0 in every case; scored on defended outputs.",
-                       ["attack", *header[2:]], [[name, *fmt(m)] for name, m in ev["adaptive"].items()]))
+        tables.append((f"Adaptive attacks on {label}", "MIM0 in every case; scored on defended outputs.",
+                       ["attack", *header[2:]], [[name, *metric_cells(m)] for name, m in ev["adaptive"].items()]))
     if "step_size_sweep" in ev:
         tables.append(("Step-size sweep (Tables 3-4)", "",
                        ["eps", "mean L1", "MIM0 accuracy", "MIM0 precision", "MIM0 recall", "MIM0 AUC leak",
@@ -129,15 +143,47 @@ def _tables(ev: dict) -> list:
     return tables
 
 
-def _markdown(ev: dict, figures: list) -> str:
-    out = [f"# Membership-inference evaluation: {ev['dataset']}", "",
-           f"AEPPT eps = {ev['eps']:g}, T = {ev['iters']}; the attacker knows {ev['known_members']} members and "
-           f"{ev['known_nonmembers']} non-members; scored on {ev['scored_members']} + {ev['scored_nonmembers']} "
-           "others."]
-    for heading, intro, header, rows in _tables(ev):
+def _intro(ev: dict) -> str:
+    return (f"Defense {ev['defense']['label']}; the attacker knows {ev['known_members']} members and "
+            f"{ev['known_nonmembers']} non-members; scored on {ev['scored_members']} + {ev['scored_nonmembers']} "
+            "others.")
+
+
+def markdown_tables(tables: list) -> list:
+    out = []
+    for heading, intro, header, rows in tables:
         out += ["", f"## {heading}", ""] + ([intro, ""] if intro else [])
         out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def html_tables(tables: list) -> list:
+    e = html.escape
+    body = []
+    for heading, intro, header, rows in tables:
+        body += [f"<h2>{e(heading)}</h2>"] + ([f"<p>{e(intro)}</p>"] if intro else [])
+        body.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>" + "".join(
+            "<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
+    return body
+
+
+def html_page(title: str, body: list, figures: dict, folder: Path) -> str:
+    """A self-contained page: ``body`` (HTML snippets), then ``figures`` {file: caption} embedded as data URIs."""
+    e = html.escape
+    body = list(body) + (["<h2>Figures</h2>"] if figures else [])
+    for f, caption in figures.items():
+        data = base64.b64encode((folder / f).read_bytes()).decode("ascii")
+        body.append(f"<figure><img alt=\"{e(caption)}\" src=\"data:image/png;base64,{data}\">"
+                    f"<figcaption>{e(caption)}</figcaption></figure>")
+    style = ("body{font-family:sans-serif;max-width:1400px;margin:auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}img{max-width:100%}")
+    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{e(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def _markdown(ev: dict, figures: list) -> str:
+    out = [f"# Membership-inference evaluation: {ev['dataset']}", "", _intro(ev)] + markdown_tables(_tables(ev))
     out += ["", "## Figures", ""] + [f"![{FIGURES[f]}]({f})\n" for f in figures]
     out += ["Attacks: " + "; ".join(f"**{k}**: {v}" for k, v in ev["descriptions"].items()) + ".", "",
             "Every number: evaluation.json."]
@@ -146,24 +192,10 @@ def _markdown(ev: dict, figures: list) -> str:
 
 def _html(ev: dict, figures: list, run_dir: Path) -> str:
     e = html.escape
-    body = [f"<h1>Membership-inference evaluation: {e(ev['dataset'])}</h1>",
-            f"<p>AEPPT eps = {ev['eps']:g}, T = {ev['iters']}; the attacker knows {ev['known_members']} members and "
-            f"{ev['known_nonmembers']} non-members; scored on {ev['scored_members']} + {ev['scored_nonmembers']} "
-            "others.</p>"]
-    for heading, intro, header, rows in _tables(ev):
-        body += [f"<h2>{e(heading)}</h2>"] + ([f"<p>{e(intro)}</p>"] if intro else [])
-        body.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>" + "".join(
-            "<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
-    body.append("<h2>Figures</h2>")
-    for f in figures:
-        data = base64.b64encode((run_dir / f).read_bytes()).decode("ascii")
-        body.append(f"<figure><img alt=\"{e(FIGURES[f])}\" src=\"data:image/png;base64,{data}\">"
-                    f"<figcaption>{e(FIGURES[f])}</figcaption></figure>")
+    body = [f"<h1>Membership-inference evaluation: {e(ev['dataset'])}</h1>", f"<p>{e(_intro(ev))}</p>"]
+    body += html_tables(_tables(ev))
     body.append("<ul>" + "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in ev["descriptions"].items()) + "</ul>")
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}img{max-width:100%}")
-    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>mia-fast: {e(ev['dataset'])}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+    return html_page(f"mia-fast: {ev['dataset']}", body, {f: FIGURES[f] for f in figures}, run_dir)
 
 
 def write_report(run_dir, evaluation: dict, scores: dict) -> None:
@@ -172,7 +204,8 @@ def write_report(run_dir, evaluation: dict, scores: dict) -> None:
     name = evaluation["dataset"]
     figures = []
     if scores:
-        roc_figure(scores, run_dir / "roc.png", f"{name}: membership attacks (ROC, log-log)")
+        roc_figure(scores, run_dir / "roc.png", f"{name}: membership attacks (ROC, log-log)",
+                   evaluation["defense"]["label"])
         cdf_attack = "mim0" if "mim0" in evaluation["attacks"] else next(iter(evaluation["attacks"]))
         per_class_cdf_figure(evaluation, cdf_attack, run_dir / "per_class_cdf.png", f"{name}: {cdf_attack} per class")
         figures += ["roc.png", "per_class_cdf.png"]

@@ -22,8 +22,11 @@ from ..attacks import NNAttack
 from ..checkpoint import load_model
 from ..data import load_dataset
 from ..pipeline import Config, RunDir, run_demo
-from .battery import Battery, Options, evaluate_run, measure, run_adaptive, step_size_sweep
+from . import EXPERIMENTS
+from .battery import evaluate_run, measure, run_adaptive
+from .diagnostics import step_size_sweep
 from .report import cdf_figure
+from .threat import Deployment, Options, ThreatModel
 
 #: The paper's numbers (inference accuracy etc. in %), by experiment and dataset.
 PAPER = {
@@ -43,7 +46,6 @@ PAPER = {
                                 50: (99.4, 86.6, 69.2, 62.0, 99.4, 48.0, 47.2, 33.0),
                                 100: (99.3, 79.7, 76.0, 68.0, 98.5, 50.6, 51.7, 17.1)}},
 }
-EXPERIMENTS = ("table2", "step-size", "adversary", "mims", "adaptive", "classes")
 PAPER_CLASSES = (2, 10, 20, 50, 100)
 Log = Callable[[str], None]
 
@@ -67,7 +69,7 @@ def _run_mim0(run_dir: Path) -> NNAttack:
 
 def _mim0_per_class(run_dir: Path) -> dict:
     """Per-class accuracy, precision, recall of a run's MIM0 on the defended scored records."""
-    m, _ = measure(_run_mim0(run_dir), Battery(run_dir, Options()).target_outputs("scored", True))
+    m, _ = measure(_run_mim0(run_dir), Deployment(ThreatModel(run_dir), "aeppt").served("scored"))
     return {key: m[f"per_class_{key}"] for key in ("accuracy", "precision", "recall")}
 
 
@@ -86,7 +88,8 @@ def _table2(run: RunDir, results: dict, options: Options, log: Log) -> tuple:
 
 
 def _step_size(run: RunDir, results: dict, options: Options, log: Log) -> tuple:
-    rows = step_size_sweep(Battery(run.path, options, log=log), _run_mim0(run.path))
+    threat = ThreatModel(run.path, options, log=log)
+    rows = step_size_sweep(threat, Deployment(threat, "aeppt"), _run_mim0(run.path))
     lines = [f"{'eps':>10s}{'mean L1':>10s}{'MIM0 acc':>10s}{'aware conf. acc':>17s}"]
     lines += [f"{r['eps']:10.3g}{r['mean_l1']:10.4f}{_pct(r['mim0_accuracy']):>10s}"
               f"{_pct(r['aware_confidence_accuracy']):>17s}" for r in rows]
@@ -115,7 +118,8 @@ def _mims(run: RunDir, results: dict, options: Options, log: Log) -> tuple:
 
 
 def _adaptive(run: RunDir, results: dict, options: Options, log: Log) -> tuple:
-    out = run_adaptive(Battery(run.path, options, log=log))
+    threat = ThreatModel(run.path, options, log=log)
+    out = run_adaptive(threat, Deployment(threat, "aeppt"))
     paper = _paper("adaptive", results["dataset"]) or {}
     lines = [f"{'':22s}{'accuracy':>10s}{'AUC leak':>10s}" + ("   paper accuracy" if paper else "")]
     for name, m in out.items():

@@ -1,0 +1,82 @@
+"""The attack registry: each attack's name, how to make it, what data it learns from and what else it
+needs. The battery, the CLI and the report read their lists from here.
+
+    source  known   the target's answers on the attacker's known records
+            shadow  the shadow models' outputs on the attacker's pool (member = trained that shadow)
+            ood     known members + answers on corrupted copies of known non-members (MIM3)
+    needs   shadows       shadow models (source shadow, or shadow references)
+            reference     per-record shadow outputs as ``reference`` context (LiRA)
+            noisy_labels  labels of noisy queries as ``noisy_labels`` context (robustness)
+
+>>> sorted(ATTACKS)[:3]
+['confidence', 'entropy', 'gap']
+>>> create_attack("mim0", epochs=1, seed=0, device="cpu")
+NNAttack(kind='mim0', epochs=1, lr=0.001, batch_size=128, seed=0, device='cpu')
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict
+
+from .base import Attack
+from .label_only import RobustnessAttack
+from .lira import LiRAOffline
+from .metric import MetricAttack
+from .nn import NNAttack
+
+SOURCES = ("known", "shadow", "ood")
+NEEDS = ("shadows", "reference", "noisy_labels")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    make: Callable[[int, int, str], Attack]  # (epochs, seed, device) -> a fresh attack
+    source: str
+    needs: frozenset
+    description: str
+
+
+ATTACKS: Dict[str, AttackSpec] = {}
+
+
+def register_attack(name: str, make: Callable[[int, int, str], Attack], *, source: str, needs=(),
+                    description: str) -> None:
+    """Add an attack: ``make(epochs, seed, device)`` returns a fresh, unfitted one."""
+    if name in ATTACKS or source not in SOURCES or not set(needs) <= set(NEEDS):
+        raise ValueError(f"attack {name!r}: taken name, or source not in {SOURCES}, or needs not in {NEEDS}")
+    needs = set(needs) | ({"shadows"} if source == "shadow" or "reference" in needs else set())
+    ATTACKS[name] = AttackSpec(make, source, frozenset(needs), description)
+
+
+def create_attack(name: str, *, epochs: int, seed: int, device: str) -> Attack:
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; known: {', '.join(ATTACKS)}")
+    return ATTACKS[name].make(epochs, seed, device)
+
+
+def attack_names(*, shadows: bool = True) -> list:
+    """Every attack, or (``shadows=False``) those that need no shadow models."""
+    return [name for name, spec in ATTACKS.items() if shadows or "shadows" not in spec.needs]
+
+
+register_attack("gap", lambda e, s, d: MetricAttack("correctness"), source="known",
+                description="label-only gap attack: member iff correctly classified (Yeom et al.)")
+for _metric, _text in [("confidence", "true-class confidence, per-class thresholds from shadow models (Song & Mittal)"),
+                       ("entropy", "prediction entropy, per-class thresholds"),
+                       ("modified_entropy", "modified entropy (Song & Mittal), per-class thresholds")]:
+    register_attack(_metric, lambda e, s, d, m=_metric: MetricAttack(m), source="shadow", description=_text)
+register_attack("mim0", lambda e, s, d: NNAttack("mim0", epochs=e, seed=s, device=d), source="known",
+                description="the paper's adversary: three-branch network on known records (sec. 5.2)")
+register_attack("mim1", lambda e, s, d: NNAttack("mim1", epochs=e, seed=s, device=d), source="known",
+                description="fully connected [1024, 512, 256, 1] (Table 6)")
+register_attack("mim2", lambda e, s, d: NNAttack("mim2", epochs=e, seed=s, device=d), source="known",
+                description="MIM0 with an L2 loss")
+register_attack("mim3", lambda e, s, d: NNAttack("mim0", epochs=e, seed=s, device=d), source="ood",
+                description="MIM0 whose non-members are corrupted copies of known non-members (another distribution)")
+# shadow data is K x the pool: larger batches keep the number of steps (and the time) in line
+register_attack("shokri", lambda e, s, d: NNAttack("shokri", epochs=e, batch_size=512, seed=s, device=d),
+                source="shadow", description="per-class attack networks on shadow-model outputs (Shokri et al.)")
+register_attack("lira", lambda e, s, d: LiRAOffline(), source="known", needs=("reference",),
+                description="offline LiRA: per-record Gaussian of shadow models' logit-scaled confidence (Carlini et al.)")
+register_attack("robustness", lambda e, s, d: RobustnessAttack(), source="known", needs=("noisy_labels",),
+                description="label-only: share of noisy copies still labelled correctly (Choquette-Choo et al.)")

@@ -1,0 +1,264 @@
+"""One interface for every defense, and the registry they are created from (in Opacus' style).
+
+An `OutputDefense` changes what the target serves: ``fit`` on the defender's own data (the target's
+outputs on its members and non-members, with labels; the target model itself where the defense
+queries it), then ``defend(probs)`` for every answer. A `TrainingDefense` changes how the target is
+trained. Hyperparameters are keyword-only, validated in the constructor, shown by ``repr``, and are
+all a defense needs to be made again: the registry creates it by name, an aware attacker makes its
+own copy the same way, and a checkpoint stores the name, the hyperparameters and the fitted state.
+
+>>> from mia_fast.defenses import create_defense
+>>> rounding = create_defense("rounding", decimals=1)
+>>> rounding
+Rounding(decimals=1)
+>>> rounding.defend(torch.tensor([[0.62, 0.38]])).defended.tolist()
+[[0.6000000238418579, 0.4000000059604645]]
+"""
+from __future__ import annotations
+
+import inspect
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Dict, Optional, Type
+
+import torch
+from torch import nn
+
+from ..checkpoint import load_payload, save_payload
+from ..errors import CheckpointError, InputError
+from ..validation import check_probabilities
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class DefenseResult:
+    """Defended confidence vectors and what the defense did to each.
+
+    Attributes:
+        defended: the vectors as served [B, C].
+        l1: ||defended - original||_1 per sample [B].
+        label_changed: argmax changed, per sample [B].
+        extras: further per-sample flags or values of a defense (AEPPT: ``decision_flipped``), summarised
+            as their mean.
+    """
+
+    defended: Tensor
+    l1: Tensor
+    label_changed: Tensor
+    extras: Dict[str, Tensor] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """n, mean and max L1, label flips, and the mean of each extra."""
+        n = self.l1.numel()
+        out = {"n": n, "mean_l1": float(self.l1.mean()) if n else 0.0, "max_l1": float(self.l1.max()) if n else 0.0,
+               "label_flips": int(self.label_changed.sum())}
+        for key, value in self.extras.items():
+            out[f"{key}_rate"] = float(value.float().mean()) if n else 0.0
+        return out
+
+
+class Defense:
+    """What every defense has: a registry ``name``, a ``kind`` and keyword-only hyperparameters."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+    description: ClassVar[str] = ""  # one line, for listings
+
+    def params(self) -> dict:
+        """The hyperparameters, exactly as ``create_defense(self.name, **params)`` takes them."""
+        return {key: getattr(self, key) for key in hyperparameters(type(self))}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
+
+
+class OutputDefense(Defense):
+    """A defense on the served confidence vectors.
+
+    Subclasses set ``name`` and implement ``_defend(probs, generator)``; those that learn something
+    implement ``_fit`` and ``state_dict``/``load_state_dict``. Class attributes tell the evaluation
+    what the defense is: ``randomized`` (repeated queries get different answers, so averaging them is an
+    attack), ``uses`` ("outputs": fits on the defender's outputs, "target": queries the target model),
+    ``adaptive_attacks`` (attacks that only make sense against this defense, beyond the ones every
+    defense faces), ``keeps_label`` (the method never changes the argmax, so label-only queries need not
+    go through it).
+    """
+
+    kind = "output"
+    randomized: ClassVar[bool] = False
+    keeps_label: ClassVar[bool] = False
+    uses: ClassVar[frozenset] = frozenset()
+    adaptive_attacks: ClassVar[tuple] = ()
+
+    def fit(self, member_probs: Tensor, member_labels: Tensor, nonmember_probs: Tensor, nonmember_labels: Tensor,
+            *, target: Optional[nn.Module] = None, inputs: Optional[Tensor] = None, seed: int = 0,
+            device: str = "cpu", progress: bool = False) -> "OutputDefense":
+        """Fit on the defender's own data: the target's outputs on members and non-members with their
+        labels; ``target`` and some of its ``inputs`` for defenses that query the target. Deterministic
+        from ``seed``. A no-op for defenses that learn nothing."""
+        if "target" in self.uses and (target is None or inputs is None):
+            raise InputError(f"{self.name}: fit needs the target model and some of its inputs (target=, inputs=)")
+        self._fit(member_probs, member_labels, nonmember_probs, nonmember_labels, target=target, inputs=inputs,
+                  seed=seed, device=device, progress=progress)
+        self._fitted = True
+        return self
+
+    def _fit(self, member_probs, member_labels, nonmember_probs, nonmember_labels, *, target, inputs, seed, device,
+             progress) -> None:
+        """Learn from the defender's data; nothing by default."""
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        """The number of classes the fitted defense expects (None: any)."""
+        return None
+
+    @property
+    def fitted(self) -> bool:
+        return not self.uses or getattr(self, "_fitted", False)
+
+    def defend(self, probs: Tensor, *, generator: Optional[torch.Generator] = None,
+               check_inputs: bool = True) -> DefenseResult:
+        """Defend confidence vectors [B, C] (CPU or CUDA); ``generator`` (a CPU torch.Generator) makes a
+        randomized defense reproducible on any device."""
+        if not self.fitted:
+            raise RuntimeError(f"{self!r} is not fitted: call fit() first")
+        if check_inputs:
+            check_probabilities(probs, name="probs")
+        x = probs.detach().to(torch.float32)
+        if x.shape[0] == 0:
+            return DefenseResult(x.clone(), x.new_zeros(0), torch.zeros(0, dtype=torch.bool, device=x.device))
+        out = self._defend(x, generator)
+        defended, extras = out if isinstance(out, tuple) else (out, {})
+        return DefenseResult(defended, (defended - x).abs().sum(1), defended.argmax(1) != x.argmax(1), extras)
+
+    def __call__(self, probs: Tensor, *, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The defended vectors only."""
+        return self.defend(probs, generator=generator).defended
+
+    def _defend(self, probs: Tensor, generator: Optional[torch.Generator]):
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """What ``fit`` learned, as tensors and plain values (saved with weights_only checkpoints)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._fitted = True
+
+    def save(self, path, meta: Optional[dict] = None) -> None:
+        """Write name, hyperparameters and fitted state to a weights-only checkpoint, atomically."""
+        if not self.fitted:
+            raise RuntimeError(f"{self!r} is not fitted: nothing to save")
+        save_payload(path, "output-defense", {"name": self.name, "params": self.params()}, meta or {},
+                     self.state_dict())
+
+
+def load_defense(path) -> OutputDefense:
+    """An output defense saved with ``save`` (never unpickles arbitrary objects)."""
+    payload = load_payload(path, "output-defense")
+    arch = payload["architecture"]
+    try:
+        defense = create_defense(arch["name"], **arch["params"])
+        defense.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint {Path(path)}: not a usable defense ({' '.join(str(err).split())})") from None
+    return defense
+
+
+class TrainingDefense(Defense):
+    """A defense that changes how the target is trained (dropout, L2, adversarial regularization,
+    DP-SGD, ...). The interface the training-time defenses implement: ``train(model, x, y, ...)`` trains
+    ``model`` in place and returns its history. No training defense is registered yet."""
+
+    kind = "training"
+
+    def train(self, model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr: float, seed: int,
+              device: str = "cpu", progress: bool = False) -> dict:
+        raise NotImplementedError(f"{type(self).__name__} does not implement train()")
+
+
+# ----------------------------------------------------------------------------------------------- registry
+DEFENSES: Dict[str, Type[Defense]] = {}
+
+
+def register_defense(cls: Type[Defense]) -> Type[Defense]:
+    """Class decorator: make ``cls`` creatable by its ``name``."""
+    if not cls.name or cls.name in DEFENSES:
+        raise ValueError(f"defense name {cls.name!r} is empty or taken")
+    DEFENSES[cls.name] = cls
+    return cls
+
+
+def defense_names(kind: Optional[str] = None) -> list:
+    """Registered names, of one ``kind`` ("output", "training") or all."""
+    return [name for name, cls in DEFENSES.items() if kind is None or cls.kind == kind]
+
+
+def _defense_class(name: str) -> Type[Defense]:
+    if name not in DEFENSES:
+        raise ValueError(f"unknown defense {name!r}; known: {', '.join(DEFENSES)}")
+    return DEFENSES[name]
+
+
+def hyperparameters(cls: Type[Defense]) -> Dict[str, inspect.Parameter]:
+    """The keyword-only constructor parameters of a defense class, in order."""
+    return {k: p for k, p in inspect.signature(cls.__init__).parameters.items() if p.kind is p.KEYWORD_ONLY}
+
+
+def create_defense(name: str, **params) -> Defense:
+    """A new, unfitted defense ``name`` with hyperparameters ``params`` (one-line ValueError otherwise).
+
+    >>> create_defense("topk", k=2)
+    TopK(k=2, renormalize=True)
+    >>> create_defense("topk", kk=2)
+    Traceback (most recent call last):
+    ...
+    ValueError: topk: unknown hyperparameter 'kk'; it takes: k, renormalize
+    """
+    cls = _defense_class(name)
+    known = hyperparameters(cls)
+    for key in params:
+        if key not in known:
+            raise ValueError(f"{name}: unknown hyperparameter {key!r}; it takes: {', '.join(known) or 'none'}")
+    return cls(**params)
+
+
+def _param_type(cls: Type[Defense], key: str):
+    hint = typing.get_type_hints(cls.__init__).get(key, str)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def parse_param(name: str, key: str, text: str):
+    """The value of hyperparameter ``key`` of defense ``name`` from text (as `--param key=value` gives it)."""
+    cls = _defense_class(name)
+    if key not in hyperparameters(cls):
+        raise ValueError(f"{name}: unknown hyperparameter {key!r}; it takes: {', '.join(hyperparameters(cls))}")
+    kind = _param_type(cls, key)
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"{name}.{key}: expected true or false, got {text!r}")
+        return text.lower() in ("true", "1", "yes")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{name}.{key}: expected {kind.__name__}, got {text!r}") from None
+
+
+def describe_defenses() -> list:
+    """(name, kind, description, {hyperparameter: default}) for every registered defense."""
+    rows = []
+    for name, cls in DEFENSES.items():
+        doc = cls.description
+        defaults = {k: (None if p.default is p.empty else p.default) for k, p in hyperparameters(cls).items()}
+        rows.append((name, cls.kind, doc, defaults))
+    return rows
+
+
+def check_positive(name: str, **values) -> None:
+    """ValueError naming the first hyperparameter that is not > 0."""
+    for key, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{name}: {key} must be > 0, got {value!r}")

@@ -1,0 +1,71 @@
+"""Defending a file of confidence vectors in bounded memory: what `mia-fast defend` and a server call."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import InputError
+from ..io import as_tensor, atomic_path, load_array
+from ..validation import check_probabilities
+from .base import OutputDefense
+
+
+def defend_file(defense: OutputDefense, predictions, out, *, batch: int = 4096, device: str = "cpu",
+                generator: Optional[torch.Generator] = None, allow_unnormalized: bool = False,
+                progress: bool = False) -> dict:
+    """Defend the [N, C] confidence vectors in ``predictions`` (.npy, memory-mapped, or .pt) batch by
+    batch and write them to ``out`` (.npy or .pt) atomically: on any error nothing is left there.
+    Every batch is validated (finite, in [0, 1], rows sum to 1 unless ``allow_unnormalized``).
+    Returns the summary: n, classes, mean/max L1, label flips, the defense's own rates, timing."""
+    out_path = Path(out)
+    if out_path.suffix.lower() not in (".npy", ".pt"):
+        raise InputError(f"--out {out}: unsupported file type {out_path.suffix or '(none)'}; use .npy or .pt")
+    if batch < 1:
+        raise InputError(f"batch must be >= 1, got {batch}")
+    data = load_array(predictions, what="predictions", mmap=True)
+    if data.ndim != 2:
+        raise InputError(f"predictions {predictions}: expected a 2-D [N, C] array, got shape {tuple(data.shape)}")
+    n, c = data.shape
+    if n == 0:
+        raise InputError(f"predictions {predictions}: empty input, shape {tuple(data.shape)}")
+    expected = getattr(defense, "num_classes", None)
+    if expected is not None and c != expected:
+        raise InputError(f"predictions {predictions}: has {c} classes but the {defense.name} defense expects {expected}")
+    l1_sum, l1_max, flips, extras = 0.0, 0.0, 0, {}
+    kept = []
+    started = time.perf_counter()
+    with atomic_path(out_path) as tmp:
+        sink = (np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, c))
+                if out_path.suffix.lower() == ".npy" else None)
+        for start in tqdm(range(0, n, batch), desc="defend", unit="batch", disable=not progress, leave=False):
+            part = as_tensor(data[start:start + batch])
+            if not part.is_floating_point():
+                raise InputError(f"predictions {predictions}: expected float probabilities, got dtype {part.dtype}")
+            check_probabilities(part, num_classes=expected, allow_unnormalized=allow_unnormalized,
+                                name="predictions", row_offset=start)
+            res = defense.defend(part.to(device), generator=generator, check_inputs=False)
+            adv = res.defended.cpu()
+            if sink is not None:
+                sink[start:start + len(adv)] = adv.numpy()
+            else:
+                kept.append(adv)
+            l1_sum += float(res.l1.sum())
+            l1_max = max(l1_max, float(res.l1.max()))
+            flips += int(res.label_changed.sum())
+            for key, value in res.extras.items():
+                extras[key] = extras.get(key, 0.0) + float(value.float().sum())
+        if sink is not None:
+            sink.flush()
+            del sink
+        else:
+            torch.save(torch.cat(kept), tmp)
+    elapsed = time.perf_counter() - started
+    return {"n": n, "classes": c, "defense": defense.name, "params": defense.params(), "device": str(device),
+            "mean_l1": l1_sum / n, "max_l1": l1_max, "label_flips": flips,
+            **{f"{key}_rate": total / n for key, total in extras.items()},
+            "seconds": elapsed, "predictions_per_s": n / elapsed if elapsed > 0 else float("inf")}
