@@ -5,7 +5,7 @@ import torch
 
 from mia_fast import aeppt, train_substitute
 from mia_fast.attacks import MetricAttack, NNAttack, metric_scores
-from mia_fast.evaluation import attack_metrics, per_class_metrics, tpr_at_fpr
+from mia_fast.metrics import attack_metrics, per_class_metrics, tpr_at_fpr
 from mia_fast.testing import membership_records
 
 

@@ -6,7 +6,7 @@ import torch
 from mia_fast.attacks import (Flipped, LiRAOffline, MetricAttack, NNAttack, PerClassMLP, RobustnessAttack, Rounded,
                               noisy_copies, query_labels, scaled_confidence, shadow_records, train_shadow_models)
 from mia_fast.attacks.label_only import noise_kind_for
-from mia_fast.evaluation import attack_metrics
+from mia_fast.metrics import attack_metrics
 from mia_fast.models import TabularMLP
 from mia_fast.ops.reference import aeppt_loop
 from mia_fast.testing import membership_records

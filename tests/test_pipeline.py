@@ -7,7 +7,9 @@ import pytest
 from click.testing import CliRunner
 
 from mia_fast.cli import main
-from mia_fast.evaluation.battery import ADAPTIVE, ATTACKS, NEEDS_SHADOWS, Battery, Options, evaluate_run
+from mia_fast.attacks import ATTACKS, attack_names
+from mia_fast.evaluation.battery import ADAPTIVE, evaluate_run
+from mia_fast.evaluation.threat import Options, ThreatModel
 from mia_fast.pipeline import Config, RunDir, format_results, run_demo
 
 SHARED_LOCATION = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "location"
@@ -19,10 +21,11 @@ def test_demo_on_the_embedded_dataset_writes_a_complete_run(tmp_path):
     assert result.exit_code == 0, result.output
     assert "MIM0 inference accuracy" in result.output and "target test accuracy" in result.output
     run = tmp_path / "run"
-    for name in ["config.json", "splits.json", "target.pt", "substitute.pt", "mim0.pt", "results.json",
-                 "outputs/members.npy", "outputs/nonmembers_defended.npy"]:
-        assert (run / name).is_file(), name
     results = json.loads((run / "results.json").read_text())
+    deployed = f"defenses/{results['defense_key']}"
+    for name in ["config.json", "splits.json", "target.pt", "substitute.pt", "mim0.pt", "results.json",
+                 "outputs/members.npy", f"{deployed}/nonmembers.npy", f"{deployed}/defense.pt"]:
+        assert (run / name).is_file(), name
     assert results["dataset"] == "digits" and results["eps"] == 2e-3
     # The defense leaves the target's accuracy alone (label flips are rare) and perturbs every output.
     assert abs(results["target"]["test_accuracy"]["with"] - results["target"]["test_accuracy"]["without"]) <= 0.03
@@ -55,7 +58,8 @@ def test_evaluate_runs_the_whole_battery_and_writes_the_report(tmp_path):
     small = ["--epochs", "3", "--shadows", "2", "--queries", "2", "--noisy-copies", "4"]
     r = CliRunner().invoke(main, ["evaluate", str(run), *small])
     assert r.exit_code == 0, r.output
-    assert "AEPPT, aware" in r.output and "lira" in r.output and "averaging" in r.output
+    assert "aeppt, aware" in r.output and "lira" in r.output and "averaging" in r.output
+    assert "against the gap floor" in r.output
     figures = ["roc.png", "per_class_cdf.png", "step_size.png", "attacker_loss.png"]
     for name in ["evaluation.md", "evaluation.html", *figures]:
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
@@ -63,12 +67,15 @@ def test_evaluate_runs_the_whole_battery_and_writes_the_report(tmp_path):
             assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (run / "evaluation.html").read_text()
     assert page.count('src="data:image/png;base64,') == len(figures) and 'src="' + 'roc.png' not in page
-    assert "| lira | AEPPT, defense-aware |" in (run / "evaluation.md").read_text()
+    assert "| lira | aeppt, defense-aware |" in (run / "evaluation.md").read_text()
     ev = json.loads((run / "evaluation.json").read_text())
     assert set(ev["attacks"]) == set(ATTACKS) and set(ev["adaptive"]) == set(ADAPTIVE)
     for attack in ev["attacks"].values():
         assert set(attack) == {"none", "naive", "aware"} and 0 <= attack["aware"]["accuracy"] <= 1
         assert len(attack["none"]["per_class_recall"]) == 10
+        assert 0 <= attack["aware"]["auc_correct"] <= 1 and "tpr_at_0%_fpr" in attack["aware"]
+    assert ev["summary"]["gap_floor"] == pytest.approx(0.5 + (ev["target"]["train_accuracy"]
+                                                             - ev["target"]["test_accuracy"]) / 2)
     # the gap attack reads only labels, which AEPPT keeps: it cannot be fooled (label flips aside)
     gap = ev["attacks"]["gap"]
     assert abs(gap["none"]["accuracy"] - gap["aware"]["accuracy"]) <= 0.05
@@ -82,15 +89,16 @@ def test_evaluate_runs_the_whole_battery_and_writes_the_report(tmp_path):
     assert ev["attacker_loss"]["iteration"][0] == 0 and ev["attacker_loss"]["iteration"][-1] == 20
 
     # the attacker's pool (shadow training, references) never holds a scored record
-    battery = Battery(run, Options())
-    s = battery.splits
-    pool = set(battery.pool.tolist())
+    threat = ThreatModel(run, Options())
+    s = threat.splits
+    pool = set(threat.pool.tolist())
     assert not pool & set(s.eval_members + s.eval_nonmembers)
     assert pool >= set(s.adversary_members + s.adversary_nonmembers) and len(pool) == 1797 - 100
 
     out = tmp_path / "lira.json"
     r = CliRunner().invoke(main, ["attack", str(run), "lira", *small, "--json-out", str(out)])
     assert r.exit_code == 0 and "aware" in r.output, r.output
+    assert "2 shadow models from" in r.output  # trained once per run, then read from shadows/
     assert json.loads(out.read_text())["aware"]["auc"] == pytest.approx(ev["attacks"]["lira"]["aware"]["auc"])
     for args in (["evaluate", str(run), "--attacks", "mim0,nope"], ["attack", str(run), "nope"]):
         bad = CliRunner().invoke(main, args)
@@ -105,8 +113,8 @@ def test_evaluate_without_shadow_models_leaves_their_attacks_out(tmp_path):
                                   "--no-adaptive", "--no-sweep"])
     assert r.exit_code == 0, r.output
     ev = json.loads((run / "evaluation.json").read_text())
-    assert set(ev["attacks"]) == set(ATTACKS) - set(NEEDS_SHADOWS) and "adaptive" not in ev
-    assert "lira" in NEEDS_SHADOWS and "shokri" in NEEDS_SHADOWS
+    assert set(ev["attacks"]) == set(attack_names(shadows=False)) and "adaptive" not in ev
+    assert {"lira", "shokri", "confidence"} <= set(ATTACKS) - set(attack_names(shadows=False))
     bad = CliRunner().invoke(main, ["attack", str(run), "lira", "--shadows", "0"])
     assert bad.exit_code != 0 and "need shadow models, got shadows=0" in bad.output
 

@@ -1,0 +1,122 @@
+"""`mia-fast compare` and `mia-fast defend --defense`: every output defense on one run, side by side."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mia_fast.cli import main
+from mia_fast.defenses import defense_names
+from mia_fast.testing import random_probs
+
+SMALL = ["--epochs", "3", "--shadows", "2", "--queries", "2", "--noisy-copies", "4"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("compare") / "run"
+    r = CliRunner().invoke(main, ["demo", "--run-dir", str(run), "--target-epochs", "60", "--mim-epochs", "5",
+                                  "--iters", "20"])
+    assert r.exit_code == 0, r.output
+    return run
+
+
+def test_compare_puts_every_output_defense_side_by_side(run):
+    r = CliRunner().invoke(main, ["compare", str(run), *SMALL, "--param", "memguard.classifier_epochs=20",
+                                  "--param", "memguard.iters=100", "--param", "hamp-output.bank_size=500"])
+    assert r.exit_code == 0, r.output
+    cmp = json.loads((run / "compare.json").read_text())
+    assert list(cmp["defenses"]) == defense_names("output")
+    assert cmp["defenses"]["memguard"]["defense"]["params"]["iters"] == 100
+    for name in ("compare.md", "compare.html", "compare.png"):
+        assert (run / name).is_file() and (run / name).stat().st_size > 0
+    page = (run / "compare.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 1 and "gap floor" in page.lower()
+    md = (run / "compare.md").read_text()
+    assert "| label-only |" in md and "sec. 5.9" in md and "beyond-label AUC" in md
+    for name in defense_names("output"):
+        assert f"\n{name} " in r.output  # the printed table has a row per defense
+        ev = cmp["defenses"][name]
+        assert set(ev["attacks"]) >= {"gap", "mim0", "lira", "shokri", "robustness"}
+        assert 0 <= ev["summary"]["best_aware_accuracy"] <= 1
+        assert set(ev["adaptive"]) >= {"rounding", "averaging"}
+        assert ev["adaptive"]["averaging"]["queries"] == (2 if name in ("aeppt", "memguard", "hamp-output") else 1)
+    assert set(cmp["defenses"]["aeppt"]["adaptive"]) == {"flip", "rounding", "adversarial_training", "averaging"}
+    assert "flip" not in cmp["defenses"]["memguard"]["adaptive"]
+    # the undefended column is the same for every defense: computed once
+    assert all(ev["attacks"]["mim0"]["none"] == cmp["undefended"]["attacks"]["mim0"]["aware"]
+               for ev in cmp["defenses"].values())
+    # label-only leaves nothing but the label: the confidence-based attacks fall to the gap attack's level
+    # (a silently disabled defense would leave the undefended ~70%)
+    label_only = cmp["defenses"]["label-only"]
+    for attack in ("confidence", "entropy", "modified_entropy"):
+        assert cmp["undefended"]["attacks"][attack]["aware"]["accuracy"] > cmp["gap_floor"] + 0.08
+        assert label_only["attacks"][attack]["aware"]["accuracy"] <= cmp["gap_floor"] + 0.05
+    served = np.load(run / "defenses" / label_only["defense"]["key"] / "members.npy")
+    assert set(np.unique(served).tolist()) == {0.0, 1.0}
+    assert label_only["defense"]["perturbation"]["label_flips"] == 0
+    # every deployed defense is cached in the run, and so are the shadow models
+    assert len(list((run / "defenses").glob("*/summary.json"))) == len(defense_names("output"))
+    assert len(list((run / "shadows").glob("*/model-*.pt"))) == 2
+
+
+def test_compare_refuses_unknown_defenses_and_stray_params(run):
+    for args, message in [(["--defenses", "aeppt,nope"], "unknown defense 'nope'"),
+                          (["--defenses", "rounding", "--param", "topk.k=2"], "that defense is not in --defenses"),
+                          (["--defenses", "rounding", "--param", "rounding.decimals=x"], "expected int, got 'x'"),
+                          (["--defenses", "rounding", "--param", "decimals=2"], "name the defense")]:
+        r = CliRunner().invoke(main, ["compare", str(run), *SMALL, *args])
+        assert r.exit_code != 0 and message in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_defenses_lists_the_registry():
+    r = CliRunner().invoke(main, ["defenses"])
+    assert r.exit_code == 0
+    for name in defense_names():
+        assert name in r.output
+    assert "budget=1.0" in r.output and "decimals=2" in r.output
+
+
+def test_defend_runs_any_output_defense(run, tmp_path):
+    probs = random_probs(50, 10, torch.Generator().manual_seed(0))
+    np.save(tmp_path / "p.npy", probs.numpy())
+    out = tmp_path / "r.npy"
+    r = CliRunner().invoke(main, ["defend", "-p", str(tmp_path / "p.npy"), "--defense", "rounding", "--param",
+                                  "decimals=1", "--out", str(out), "--json-out", str(tmp_path / "s.json")])
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(np.load(out), torch.round(probs, decimals=1).numpy())
+    assert json.loads((tmp_path / "s.json").read_text())["params"] == {"decimals": 1}
+    # a defense that learns from the defender's data fits on a run (and caches it there)
+    hamp = tmp_path / "h.npy"
+    r = CliRunner().invoke(main, ["defend", "-p", str(tmp_path / "p.npy"), "--defense", "hamp-output", "--param",
+                                  "bank_size=300", "--run", str(run), "--out", str(hamp)])
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(np.load(hamp).argmax(1), probs.argmax(1).numpy())
+    saved = next((run / "defenses").glob("hamp-output-*/defense.pt"))
+    again = tmp_path / "again.npy"
+    r = CliRunner().invoke(main, ["defend", "-p", str(tmp_path / "p.npy"), "--checkpoint", str(saved), "--out",
+                                  str(again)])
+    assert r.exit_code == 0 and np.array_equal(np.load(again), np.load(hamp)), r.output
+    for args, message in [(["--defense", "memguard"], "memguard must be fitted first"),
+                          (["--defense", "topk", "--eps", "1e-3"], "--eps is an AEPPT option"),
+                          (["--defense", "topk", "--param", "k"], "expected KEY=VALUE"),
+                          (["--defense", "topk", "--param", "q=1"], "topk: unknown hyperparameter 'q'"),
+                          (["--defense", "rounding", "--checkpoint", str(saved)], "holds a hamp-output defense")]:
+        bad = tmp_path / "bad.npy"
+        r = CliRunner().invoke(main, ["defend", "-p", str(tmp_path / "p.npy"), *args, "--out", str(bad)])
+        assert r.exit_code != 0 and message in r.output and len(r.output.strip().splitlines()) == 1, r.output
+        assert not bad.exists()
+
+
+def test_evaluate_takes_any_defense_and_labels_the_report_with_it(run):
+    r = CliRunner().invoke(main, ["evaluate", str(run), "--defense", "topk", "--param", "k=1", "--attacks",
+                                  "gap,confidence,mim0", *SMALL])
+    assert r.exit_code == 0, r.output
+    assert "topk, aware" in r.output and "flip" not in r.output
+    ev = json.loads((run / "evaluation.json").read_text())
+    assert ev["defense"]["name"] == "topk" and ev["defense"]["params"] == {"k": 1, "renormalize": True}
+    assert "step_size_sweep" not in ev and not (run / "step_size.png").exists()
+    assert "| mim0 | topk, defense-aware |" in (run / "evaluation.md").read_text()
+    # top-1 with renormalisation is label-only: the confidence attack falls to the gap attack
+    assert ev["attacks"]["confidence"]["aware"]["accuracy"] <= ev["gap_floor"] + 0.05
