@@ -7,6 +7,8 @@ needs. The battery, the CLI and the report read their lists from here.
     needs   shadows       shadow models (source shadow, or shadow references)
             reference     per-record shadow outputs as ``reference`` context (LiRA)
             noisy_labels  labels of noisy queries as ``noisy_labels`` context (robustness)
+    label_only  the attack reads only labels (no confidence values): no output defense that keeps the
+                labels changes what it sees
 
 >>> sorted(ATTACKS)[:3]
 ['confidence', 'entropy', 'gap']
@@ -34,18 +36,19 @@ class AttackSpec:
     source: str
     needs: frozenset
     description: str
+    label_only: bool = False
 
 
 ATTACKS: Dict[str, AttackSpec] = {}
 
 
 def register_attack(name: str, make: Callable[[int, int, str], Attack], *, source: str, needs=(),
-                    description: str) -> None:
+                    description: str, label_only: bool = False) -> None:
     """Add an attack: ``make(epochs, seed, device)`` returns a fresh, unfitted one."""
     if name in ATTACKS or source not in SOURCES or not set(needs) <= set(NEEDS):
         raise ValueError(f"attack {name!r}: taken name, or source not in {SOURCES}, or needs not in {NEEDS}")
     needs = set(needs) | ({"shadows"} if source == "shadow" or "reference" in needs else set())
-    ATTACKS[name] = AttackSpec(make, source, frozenset(needs), description)
+    ATTACKS[name] = AttackSpec(make, source, frozenset(needs), description, label_only)
 
 
 def create_attack(name: str, *, epochs: int, seed: int, device: str) -> Attack:
@@ -59,7 +62,7 @@ def attack_names(*, shadows: bool = True) -> list:
     return [name for name, spec in ATTACKS.items() if shadows or "shadows" not in spec.needs]
 
 
-register_attack("gap", lambda e, s, d: MetricAttack("correctness"), source="known",
+register_attack("gap", lambda e, s, d: MetricAttack("correctness"), source="known", label_only=True,
                 description="label-only gap attack: member iff correctly classified (Yeom et al.)")
 for _metric, _text in [("confidence", "true-class confidence, per-class thresholds from shadow models (Song & Mittal)"),
                        ("entropy", "prediction entropy, per-class thresholds"),
@@ -78,5 +81,5 @@ register_attack("shokri", lambda e, s, d: NNAttack("shokri", epochs=e, batch_siz
                 source="shadow", description="per-class attack networks on shadow-model outputs (Shokri et al.)")
 register_attack("lira", lambda e, s, d: LiRAOffline(), source="known", needs=("reference",),
                 description="offline LiRA: per-record Gaussian of shadow models' logit-scaled confidence (Carlini et al.)")
-register_attack("robustness", lambda e, s, d: RobustnessAttack(), source="known", needs=("noisy_labels",),
+register_attack("robustness", lambda e, s, d: RobustnessAttack(), source="known", needs=("noisy_labels",), label_only=True,
                 description="label-only: share of noisy copies still labelled correctly (Choquette-Choo et al.)")

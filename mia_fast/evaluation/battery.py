@@ -136,19 +136,24 @@ def run_adaptive(threat: ThreatModel, deployment: Deployment) -> dict:
 
 
 def summarize(evaluation: dict, gap: float) -> dict:
-    """The numbers a comparison needs from one defense's evaluation: the best aware attack (accuracy,
-    AUC, TPR at 0.1% FPR), the leakage beyond the label (the largest AUC among correctly classified
-    records over every aware attack), beside the gap floor."""
+    """The numbers a comparison needs from one defense's evaluation, beside the gap floor: the best aware
+    attack of all (label-only ones included) and the best that reads confidence values (the adaptive
+    attacks count: they are MIM0), with AUC and TPR at 0.1% FPR; and the leakage beyond the label, the
+    largest AUC among correctly classified records over the aware attacks that read confidence values."""
     aware = {name: r["aware"] for name, r in evaluation["attacks"].items()}
     aware.update({f"adaptive:{name}": m for name, m in evaluation.get("adaptive", {}).items()})
+    scores = {n: m for n, m in aware.items() if n.startswith("adaptive:") or not ATTACKS[n].label_only}
     best = max(aware, key=lambda n: aware[n]["accuracy"])
-    beyond = {n: m["auc_correct_leak"] for n, m in aware.items() if not math.isnan(m.get("auc_correct_leak", math.nan))}
-    worst_beyond = max(beyond, key=beyond.get) if beyond else None
-    return {"best_aware_attack": best, "best_aware_accuracy": aware[best]["accuracy"],
-            "best_aware_auc": max(m["auc_leak"] for m in aware.values()),
-            "best_aware_tpr_at_0.1%_fpr": max(m["tpr_at_0.1%_fpr"] for m in aware.values()),
-            "beyond_label_attack": worst_beyond, "beyond_label_auc": beyond.get(worst_beyond, float("nan")),
-            "gap_floor": gap}
+    out = {"best_aware_attack": best, "best_aware_accuracy": aware[best]["accuracy"],
+           "best_aware_auc": max(m["auc_leak"] for m in aware.values()),
+           "best_aware_tpr_at_0.1%_fpr": max(m["tpr_at_0.1%_fpr"] for m in aware.values()), "gap_floor": gap}
+    beyond = {n: m["auc_correct_leak"] for n, m in scores.items() if not math.isnan(m.get("auc_correct_leak", math.nan))}
+    best_scores = max(scores, key=lambda n: scores[n]["accuracy"]) if scores else None
+    out.update({"best_score_attack": best_scores,
+                "best_score_accuracy": scores[best_scores]["accuracy"] if scores else math.nan,
+                "beyond_label_attack": max(beyond, key=beyond.get) if beyond else None,
+                "beyond_label_auc": max(beyond.values()) if beyond else math.nan})
+    return out
 
 
 def evaluate_defense(threat: ThreatModel, deployment: Deployment, names, *, adaptive: bool = True,
@@ -238,7 +243,8 @@ def format_evaluation(ev: dict) -> str:
     if "adaptive" in ev:
         lines.append(f"adaptive attacks on {label}: " + ", ".join(f"{name} {cell(m)}" for name, m in ev["adaptive"].items()))
     s = ev["summary"]
-    lines.append(f"best aware attack {s['best_aware_attack']} {100 * s['best_aware_accuracy']:.1f}% against the gap "
-                 f"floor {100 * s['gap_floor']:.1f}%; leakage beyond the label (AUC among correctly classified) "
+    lines.append(f"best aware attack {s['best_aware_attack']} {100 * s['best_aware_accuracy']:.1f}%, best that reads "
+                 f"scores {s['best_score_attack']} {100 * s['best_score_accuracy']:.1f}%, against the gap floor "
+                 f"{100 * s['gap_floor']:.1f}%; leakage beyond the label (AUC among correctly classified) "
                  f"{100 * s['beyond_label_auc']:.1f}% ({s['beyond_label_attack']})")
     return "\n".join(lines)

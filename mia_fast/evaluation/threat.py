@@ -269,7 +269,7 @@ class Deployment:
 
     @property
     def label(self) -> str:
-        """How reports name it: the registry name, with the hyperparameters the user set."""
+        """How reports name it: the registry name (its hyperparameters are recorded beside it)."""
         return self.name
 
     @cached_property
