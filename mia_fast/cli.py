@@ -101,10 +101,14 @@ def defend(predictions, defense, params, run_dir, checkpoint, mim, eps, iters, b
     streamed in batches and written atomically."""
     from .defenses.streaming import defend_file
 
-    given = _typed(defense or "aeppt", _param_pairs(params, prefixed=False).get(None, {}))
+    raw = _param_pairs(params, prefixed=False).get(None, {})
     aeppt_flags = {"eps": eps, "iters": iters, "precision": precision, "preserve_label": preserve_label or None,
                    "stop_when_flipped": stop_when_flipped or None, "renormalize": renormalize or None}
     set_flags = {k: v for k, v in aeppt_flags.items() if v is not None}
+    if checkpoint and (raw or set_flags or mim or run_dir):
+        raise InputError("--checkpoint holds a fitted defense with its hyperparameters: drop --run, --mim, "
+                         "--param and the AEPPT options")
+    given = _typed(defense or "aeppt", raw)
     if (defense or "aeppt") != "aeppt" and (set_flags or mim):
         first = next(iter(set_flags), "mim")
         raise InputError(f"--{first.replace('_', '-')} is an AEPPT option; for {defense} use --param KEY=VALUE")

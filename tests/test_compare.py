@@ -104,7 +104,8 @@ def test_defend_runs_any_output_defense(run, tmp_path):
                           (["--defense", "topk", "--eps", "1e-3"], "--eps is an AEPPT option"),
                           (["--defense", "topk", "--param", "k"], "expected KEY=VALUE"),
                           (["--defense", "topk", "--param", "q=1"], "topk: unknown hyperparameter 'q'"),
-                          (["--defense", "rounding", "--checkpoint", str(saved)], "holds a hamp-output defense")]:
+                          (["--defense", "rounding", "--checkpoint", str(saved)], "holds a hamp-output defense"),
+                          (["--checkpoint", str(saved), "--param", "bank_size=3"], "drop --run, --mim, --param")]:
         bad = tmp_path / "bad.npy"
         r = CliRunner().invoke(main, ["defend", "-p", str(tmp_path / "p.npy"), *args, "--out", str(bad)])
         assert r.exit_code != 0 and message in r.output and len(r.output.strip().splitlines()) == 1, r.output
