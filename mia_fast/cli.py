@@ -358,10 +358,7 @@ def compare(run_dir, defense_list, params, attacks, no_adaptive, **kwargs):
     from .evaluation.compare import compare_run, format_comparison
 
     names = _names(defense_list, defense_names("output"), "defense") or []
-    raw = _param_pairs(params, prefixed=True)
-    typed = {name: _typed(name, values) for name, values in raw.items() if name in names}
-    if set(raw) - set(names):
-        raise InputError(f"--param {sorted(set(raw) - set(names))[0]}.*: that defense is not in --defenses")
+    typed = {name: _typed(name, values) for name, values in _param_pairs(params, prefixed=True).items()}
     cmp = compare_run(run_dir, names, params=typed, attacks=_attack_names(attacks), adaptive=not no_adaptive,
                       options=_options(kwargs), log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty())
     click.echo(format_comparison(cmp))

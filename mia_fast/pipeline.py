@@ -245,13 +245,15 @@ def deploy_defense(run: RunDir, defense: OutputDefense, *, refresh: bool = False
     outputs on D_tar (members) and D_tar-bar (non-members), then applied to every one of them.
 
     Cached in defenses/NAME-HASH/ (defense.pt, members.npy, nonmembers.npy, summary.json, written
-    atomically, summary last); a cache made for another target is not used. ``refresh`` redoes it.
+    atomically, summary last); a cache made for another target is not used. ``refresh`` redoes it, and
+    so does a defense handed in already fitted (that model is the one to deploy).
     Returns (fitted defense, {"members": served, "nonmembers": served}, summary).
     """
     cfg = run.config().resolved()
     folder = run.path / "defenses" / defense_key(defense)
     fingerprint = run.fingerprint()
     summary_path = folder / "summary.json"
+    refresh = refresh or (bool(defense.uses) and defense.fitted)
     if not refresh and summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         if summary.get("run_fingerprint") == fingerprint:
@@ -259,6 +261,7 @@ def deploy_defense(run: RunDir, defense: OutputDefense, *, refresh: bool = False
                       for s in ("members", "nonmembers")}
             return load_defense(folder / "defense.pt"), served, summary
     folder.mkdir(parents=True, exist_ok=True)
+    summary_path.unlink(missing_ok=True)  # until the new summary is written, the folder is not a cache
     raw = {s: run.output(s) for s in ("members", "nonmembers")}
     labels = {s: run.output(f"{s}_labels").long() for s in ("members", "nonmembers")}
     if not defense.fitted:

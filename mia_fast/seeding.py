@@ -1,6 +1,8 @@
-"""Named random streams: every random draw in mia-fast comes from a generator derived from
-(seed, purpose, index), never from ``seed + 17``. Two purposes, or two indices of one purpose, never
-share a stream, so adding a draw somewhere cannot silently reuse another one's numbers.
+"""Named random streams: the random draws of the pipeline, the defenses' fitting and the evaluation come
+from generators derived from (seed, purpose, index), never from ``seed + 17``. Two purposes, or two
+indices of one purpose, never share a stream, so adding a draw somewhere cannot silently reuse another
+one's numbers. (The run's splits draw from the run seed itself, and `mia-fast defend --seed S` seeds
+the defense's generator with S, as a user asked.)
 
 >>> a = stream(0, "averaging-known", 3)
 >>> b = stream(0, "averaging-scored", 3)

@@ -65,7 +65,7 @@ def test_compare_puts_every_output_defense_side_by_side(run):
 
 def test_compare_refuses_unknown_defenses_and_stray_params(run):
     for args, message in [(["--defenses", "aeppt,nope"], "unknown defense 'nope'"),
-                          (["--defenses", "rounding", "--param", "topk.k=2"], "that defense is not in --defenses"),
+                          (["--defenses", "rounding", "--param", "topk.k=2"], "which is not among the compared defenses"),
                           (["--defenses", "rounding", "--param", "rounding.decimals=x"], "expected int, got 'x'"),
                           (["--defenses", "rounding", "--param", "decimals=2"], "name the defense")]:
         r = CliRunner().invoke(main, ["compare", str(run), *SMALL, *args])

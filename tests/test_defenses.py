@@ -145,6 +145,8 @@ def test_memguard_drives_its_classifier_to_one_half_within_its_budget(defender_d
     assert (before[found] - 0.5).abs().mean() > 0.2
     assert (after[found] - 0.5).abs().max() < 0.2 and (after[found] - 0.5).abs().mean() < 0.05
     assert torch.allclose(noisy.sum(1), torch.ones(len(noisy)), atol=1e-5)
+    with torch.no_grad():  # as a server calls it: the noise search still has its gradients
+        assert torch.equal(defense.phase_one(probs)[0], noisy)
     assert torch.equal(noisy[~found], probs[~found])
     # phase II: a budget below the noise's size serves it with probability budget / L1
     l1 = (noisy - probs).abs().sum(1)

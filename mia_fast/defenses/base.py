@@ -158,8 +158,8 @@ class OutputDefense(Defense):
 def load_defense(path) -> OutputDefense:
     """An output defense saved with ``save`` (never unpickles arbitrary objects)."""
     payload = load_payload(path, "output-defense")
-    arch = payload["architecture"]
     try:
+        arch = payload["architecture"]
         defense = create_defense(arch["name"], **arch["params"])
         defense.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
@@ -235,7 +235,7 @@ def parse_param(name: str, key: str, text: str):
     """The value of hyperparameter ``key`` of defense ``name`` from text (as `--param key=value` gives it)."""
     cls = _defense_class(name)
     if key not in hyperparameters(cls):
-        raise ValueError(f"{name}: unknown hyperparameter {key!r}; it takes: {', '.join(hyperparameters(cls))}")
+        raise ValueError(f"{name}: unknown hyperparameter {key!r}; it takes: {', '.join(hyperparameters(cls)) or 'none'}")
     kind = _param_type(cls, key)
     if kind is bool:
         if text.lower() not in ("true", "false", "1", "0", "yes", "no"):

@@ -46,10 +46,11 @@ def measure(attack, scored: Records, *, per_class: bool = True) -> tuple:
 
 
 def _context(recs: Records, needs, reference: Callable, noisy_labels: Callable) -> Records:
-    if "reference" in needs:
-        recs.member_context, recs.nonmember_context = reference()
-    if "noisy_labels" in needs:
-        recs.member_context, recs.nonmember_context = noisy_labels()
+    for need, compute in (("reference", reference), ("noisy_labels", noisy_labels)):
+        if need in needs:
+            member, nonmember = compute()
+            recs.member_context = {**recs.member_context, **member}
+            recs.nonmember_context = {**recs.nonmember_context, **nonmember}
     return recs
 
 
@@ -83,8 +84,6 @@ def _make(threat: ThreatModel, name: str):
 
 def naive_attack(threat: ThreatModel, name: str):
     """Attack ``name`` fitted on undefended data (shared by every defense evaluated on ``threat``)."""
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; known: {', '.join(ATTACKS)}")
     return threat.memo(("naive", name), lambda: _fit_data(threat, name, None).fit(_make(threat, name)))
 
 
@@ -114,11 +113,14 @@ def run_adaptive(threat: ThreatModel, deployment: Deployment) -> dict:
         elif name == "rounding":
             out[name] = metrics(deployment.served("known").fit(Rounded(make(), decimals=3)), scored_served)
         elif name == "adversarial_training":
-            known = threat.target_outputs("known")
+            known, device = threat.target_outputs("known"), threat.cfg.device
             copy = resolve_defense(deployment.name, deployment.defense.params(), threat.cfg)
+            target, inputs = ((threat.target[0], threat.features(threat.pool)) if "target" in copy.uses
+                              else (None, None))
             copy.fit(known.member_probs, known.member_labels, known.nonmember_probs, known.nonmember_labels,
-                     seed=stream_seed(threat.seed, "adaptive-fit"), device=threat.cfg.device)
-            trained = known.with_probs(*(copy.defend(p, generator=stream(threat.seed, "adaptive-defense", i)).defended
+                     target=target, inputs=inputs, seed=stream_seed(threat.seed, "adaptive-fit"), device=device)
+            trained = known.with_probs(*(copy.defend(p.to(device), generator=stream(threat.seed, "adaptive-defense", i))
+                                         .defended.cpu()
                                          for i, p in enumerate((known.member_probs, known.nonmember_probs))))
             out[name] = metrics(trained.fit(make()), scored_served)
         elif name == "averaging":
@@ -166,18 +168,18 @@ def evaluate_defense(threat: ThreatModel, deployment: Deployment, names, *, adap
     for name in names:
         t0 = time.perf_counter()
         results[name], scores[name] = run_attack(threat, name, deployment)
-        threat.log(f"{deployment.label} / {name}: {time.perf_counter() - t0:.1f} s")
-    out = {"defense": {"name": deployment.name, "label": deployment.label, "params": deployment.defense.params(),
+        threat.log(f"{deployment.name} / {name}: {time.perf_counter() - t0:.1f} s")
+    out = {"defense": {"name": deployment.name, "params": deployment.defense.params(),
                        **{k: deployment.summary[k] for k in ("key", "target", "perturbation", "defense")}},
            "attacks": results}
     if adaptive:
         t0 = time.perf_counter()
         out["adaptive"] = run_adaptive(threat, deployment)
-        threat.log(f"{deployment.label} / adaptive attacks: {time.perf_counter() - t0:.1f} s")
+        threat.log(f"{deployment.name} / adaptive attacks: {time.perf_counter() - t0:.1f} s")
     if sweep and deployment.name in DIAGNOSTICS:
         t0 = time.perf_counter()
         out.update(DIAGNOSTICS[deployment.name](threat, deployment))
-        threat.log(f"{deployment.label} / diagnostics: {time.perf_counter() - t0:.1f} s")
+        threat.log(f"{deployment.name} / diagnostics: {time.perf_counter() - t0:.1f} s")
     out["summary"] = summarize(out, gap_floor(threat.accuracy["train"], threat.accuracy["test"]))
     return out, scores
 
@@ -186,6 +188,8 @@ def resolve_attacks(attacks, options: Options) -> list:
     """The attack names to run: ``attacks`` (checked), or every one the options allow (no shadow-model
     attacks with ``shadows=0``)."""
     names = list(attacks) if attacks is not None else attack_names(shadows=options.shadows > 0)
+    if not names:
+        raise ValueError("attacks: name at least one attack")
     for name in names:
         if name not in ATTACKS:
             raise ValueError(f"unknown attack {name!r}; known: {', '.join(ATTACKS)}")
@@ -232,7 +236,7 @@ def evaluate_run(run_dir, *, defense: str = "aeppt", params: Optional[dict] = No
 
 def format_evaluation(ev: dict) -> str:
     """The summary table printed by `mia-fast evaluate`: accuracy / AUC per attack and setting."""
-    label = ev["defense"]["label"]
+    label = ev["defense"]["name"]
     lines = [f"{ev['dataset']}: attacks on {ev['scored_members']} members + {ev['scored_nonmembers']} non-members "
              f"(accuracy / AUC, AUC counted as leakage below 0.5 too); defense {label}, mean L1 "
              f"{ev['defense']['perturbation']['mean_l1']:.3f}",

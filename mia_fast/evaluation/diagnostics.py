@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..attacks import MetricAttack
-from ..defenses.output.aeppt import aeppt, draw_steps
+from ..defenses.output.aeppt import AEPPT, draw_steps
 from ..ops.reference import aeppt_loop
 from ..seeding import stream
 from .battery import measure, naive_attack
@@ -16,7 +16,7 @@ Tensor = torch.Tensor
 
 
 def step_size_sweep(threat: ThreatModel, deployment: Deployment, mim0=None) -> list:
-    """For eps in multiples of the deployed eps: the mean L1 size of the perturbation, the naive MIM0's
+    """For eps in multiples of the deployed eps (every other hyperparameter as deployed): the mean L1 size of the perturbation, the naive MIM0's
     inference accuracy (``mim0``, default the battery's), and a defense-aware confidence attack
     (per-class thresholds refitted on the deployed answers for the known records at that eps)."""
     defense, mim0 = deployment.deployed, mim0 or naive_attack(threat, "mim0")
@@ -25,9 +25,11 @@ def step_size_sweep(threat: ThreatModel, deployment: Deployment, mim0=None) -> l
     for k, factor in enumerate(threat.opt.sweep):
         eps = factor * defense.eps
 
-        def d(p: Tensor, which: int) -> Tensor:
-            return aeppt(p.float().to(threat.cfg.device), defense.substitute, eps, defense.iters,
-                         generator=stream(threat.seed, "sweep", 4 * k + which), chunk_size=threat.cfg.batch).adversarial.cpu()
+        at_eps = AEPPT.from_substitute(defense.substitute, **{**defense.params(), "eps": eps})
+
+        def d(p: Tensor, which: int, at_eps=at_eps) -> Tensor:
+            return at_eps.defend(p.float().to(threat.cfg.device), generator=stream(threat.seed, "sweep", 4 * k + which),
+                                 check_inputs=False).defended.cpu()
 
         scored = scored_raw.with_probs(d(scored_raw.member_probs, 0), d(scored_raw.nonmember_probs, 1))
         known = known_raw.with_probs(d(known_raw.member_probs, 2), d(known_raw.nonmember_probs, 3))
@@ -61,7 +63,8 @@ def attacker_loss_curve(threat: ThreatModel, deployment: Deployment, *, points: 
             curve[t] = float(torch.nn.functional.binary_cross_entropy_with_logits(z, member))
 
     steps = draw_steps(defense.iters, len(probs), defense.eps, generator=stream(threat.seed, "loss-curve"))
-    aeppt_loop(probs, defense.substitute.fold().logit, steps, on_step=record)
+    aeppt_loop(probs, defense.substitute.fold().logit, steps, preserve_label=defense.preserve_label,
+               stop_when_flipped=defense.stop_when_flipped, renormalize=defense.renormalize, on_step=record)
     return {"iteration": list(curve), "loss": list(curve.values())}
 
 

@@ -72,7 +72,7 @@ def per_class_cdf_figure(evaluation: dict, attack: str, path: Path, title: str) 
     """`cdf_figure` of one attack of an evaluation, one line per setting."""
     by = evaluation["attacks"][attack]
     cdf_figure([(label, style, {m: by[setting][f"per_class_{m}"] for m in ("accuracy", "precision", "recall")})
-                for setting, label, style in settings(evaluation["defense"]["label"])], attack, path, title)
+                for setting, label, style in settings(evaluation["defense"]["name"])], attack, path, title)
 
 
 def step_size_figure(rows: list, path: Path, title: str) -> None:
@@ -115,7 +115,7 @@ def metric_cells(m: dict) -> list:
 
 def _tables(ev: dict) -> list:
     """(heading, intro, header, rows) of every table in the report."""
-    label = ev["defense"]["label"]
+    label = ev["defense"]["name"]
     header = ["attack", "setting", *(name for _, name in METRIC_COLUMNS)]
     rows = [[name, text, *metric_cells(by[setting])] for name, by in ev["attacks"].items()
             for setting, text, _ in settings(label)]
@@ -144,7 +144,7 @@ def _tables(ev: dict) -> list:
 
 
 def _intro(ev: dict) -> str:
-    return (f"Defense {ev['defense']['label']}; the attacker knows {ev['known_members']} members and "
+    return (f"Defense {ev['defense']['name']}; the attacker knows {ev['known_members']} members and "
             f"{ev['known_nonmembers']} non-members; scored on {ev['scored_members']} + {ev['scored_nonmembers']} "
             "others.")
 
@@ -205,7 +205,7 @@ def write_report(run_dir, evaluation: dict, scores: dict) -> None:
     figures = []
     if scores:
         roc_figure(scores, run_dir / "roc.png", f"{name}: membership attacks (ROC, log-log)",
-                   evaluation["defense"]["label"])
+                   evaluation["defense"]["name"])
         cdf_attack = "mim0" if "mim0" in evaluation["attacks"] else next(iter(evaluation["attacks"]))
         per_class_cdf_figure(evaluation, cdf_attack, run_dir / "per_class_cdf.png", f"{name}: {cdf_attack} per class")
         figures += ["roc.png", "per_class_cdf.png"]

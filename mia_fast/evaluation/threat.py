@@ -164,6 +164,8 @@ class ThreatModel:
             models = [load_model(folder / f"model-{k}.pt", "target")[0] for k in range(self.opt.shadows)]
             self.log(f"{self.opt.shadows} shadow models from {folder}")
             return ShadowModels(models, torch.from_numpy(np.load(folder / "in_mask.npy")))
+        for stale in ("meta.json", "pool_outputs.npy"):  # an interrupted retraining must not look complete
+            (folder / stale).unlink(missing_ok=True)
         architecture = dict(self.target[1]["architecture"])
         name = architecture.pop("name")
         train_size = min(len(self.splits.members), len(self.pool) // 2)
@@ -187,7 +189,7 @@ class ThreatModel:
     def pool_outputs(self) -> Tensor:
         """Every shadow model's outputs on the pool, [K, N, C] (cached beside the shadow models)."""
         path = self._shadow_dir / "pool_outputs.npy"
-        shadows = self.shadows
+        shadows = self.shadows  # (re)trains them if stale, removing stale outputs
         if path.is_file():
             return torch.from_numpy(np.load(path, allow_pickle=False))
         out = shadows.predict(self.features(self.pool), device=self.cfg.device)
@@ -267,11 +269,6 @@ class Deployment:
         self.defense = resolve_defense(name, params, threat.cfg)
         self.name, self.key = name, defense_key(self.defense)
 
-    @property
-    def label(self) -> str:
-        """How reports name it: the registry name (its hyperparameters are recorded beside it)."""
-        return self.name
-
     @cached_property
     def _deployed(self) -> tuple:
         t = self.threat
@@ -310,7 +307,7 @@ class Deployment:
         t = self.threat
         copy = resolve_defense(self.name, self.defense.params(), t.cfg)
         if copy.uses:
-            shadow = t.shadow_data()
+            shadow = t.shadow_data() if "outputs" in copy.uses else t.target_outputs("known")
             target, inputs = ((t.shadows.models[0], t.features(t.pool)) if "target" in copy.uses else (None, None))
             copy.fit(shadow.member_probs, shadow.member_labels, shadow.nonmember_probs, shadow.nonmember_labels,
                      target=target, inputs=inputs, seed=stream_seed(t.seed, "attacker-defense-fit"),

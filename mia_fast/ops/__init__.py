@@ -73,7 +73,7 @@ def aeppt(probs: Tensor, w_pred: Tensor, b_pred: Tensor, w_hidden: Tensor, class
     if _use_extension(probs.device):
         return torch.ops.mia_fast.aeppt.default(*args, precision)
     if precision != "fp32":
-        raise RuntimeError(f"precision={precision!r} needs the CUDA kernels of mia_fast._C")
+        raise ValueError(f"precision={precision!r} needs the CUDA kernels of mia_fast._C")
     return reference.aeppt_reference(*args)
 
 

@@ -220,8 +220,8 @@ class AEPPT(OutputDefense):
 
     @staticmethod
     def run_defaults(cfg) -> dict:
-        """The hyperparameters a run directory's config implies (its eps, T and MIM epochs)."""
-        return {"eps": cfg.eps, "iters": cfg.iters, "mim_epochs": cfg.mim_epochs}
+        """The hyperparameters a run directory's config implies (its eps, T, MIM epochs and batch)."""
+        return {"eps": cfg.eps, "iters": cfg.iters, "mim_epochs": cfg.mim_epochs, "chunk_size": cfg.batch}
 
     def _fit(self, member_probs, member_labels, nonmember_probs, nonmember_labels, *, target, inputs, seed, device,
              progress):

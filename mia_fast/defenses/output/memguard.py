@@ -18,6 +18,8 @@ runs the same loop under its own masks (no Python loop over samples).
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -49,7 +51,14 @@ class SortedMLP(nn.Module):
 def memguard_noise(probs: Tensor, classifier: SortedMLP, *, iters: int, step: float, c2: float, c3_init: float,
                    rounds: int) -> tuple:
     """Phase I for a batch: (candidate answers softmax(z + e) [B, C], success mask [B]). A sample that
-    never succeeds gets its original vector back."""
+    never succeeds gets its original vector back. Uses autograd for the noise, also when called under
+    torch.no_grad() (as a server does)."""
+    with torch.enable_grad():
+        return _search(probs, classifier, iters=iters, step=step, c2=c2, c3_init=c3_init, rounds=rounds)
+
+
+def _search(probs: Tensor, classifier: SortedMLP, *, iters: int, step: float, c2: float, c3_init: float,
+            rounds: int) -> tuple:
     z = torch.log(probs.clamp_min(1e-12))
     label = probs.argmax(1)
     others = torch.ones_like(probs, dtype=torch.bool).scatter_(1, label[:, None], False)
@@ -124,10 +133,14 @@ class MemGuard(OutputDefense):
              progress):
         from ...seeding import stream_seed
 
+        seed = stream_seed(seed, "memguard-classifier")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            classifier = SortedMLP(member_probs.shape[1])
         self.classifier, _ = train_substitute(member_probs, member_labels, nonmember_probs, nonmember_labels,
-                                              epochs=self.classifier_epochs, seed=stream_seed(seed, "memguard-classifier"),
-                                              device=device, progress=progress, model=SortedMLP(member_probs.shape[1]),
-                                              desc="MemGuard classifier")
+                                              epochs=self.classifier_epochs, seed=seed, device=device,
+                                              progress=progress, model=classifier, desc="MemGuard classifier")
+        self.classifier.requires_grad_(False)
 
     @property
     def num_classes(self):
@@ -140,14 +153,12 @@ class MemGuard(OutputDefense):
     def load_state_dict(self, state: dict) -> None:
         classifier = SortedMLP(int(state["num_classes"]), tuple(state["hidden"]))
         classifier.load_state_dict(state["weights"])
-        self.classifier = classifier.eval()
+        self.classifier = classifier.eval().requires_grad_(False)
         self._fitted = True
 
     def phase_one(self, probs: Tensor) -> tuple:
         """(noisy answers, success mask): Phase I alone, on ``probs``' device."""
-        classifier = self.classifier.to(probs.device)
-        for p in classifier.parameters():
-            p.requires_grad_(False)
+        classifier = copy.deepcopy(self.classifier).to(probs.device) if probs.device.type != "cpu" else self.classifier
         return memguard_noise(probs, classifier, iters=self.iters, step=self.step, c2=self.c2,
                               c3_init=self.c3_init, rounds=self.rounds)
 
