@@ -123,3 +123,19 @@ def test_evaluate_takes_any_defense_and_labels_the_report_with_it(run):
     assert "| mim0 | topk, defense-aware |" in (run / "evaluation.md").read_text()
     # top-1 with renormalisation is label-only: the confidence attack falls to the gap attack
     assert ev["attacks"]["confidence"]["aware"]["accuracy"] <= ev["gap_floor"] + 0.05
+
+
+def test_a_stale_shadow_cache_is_retrained_not_reused(run):
+    from mia_fast.evaluation.threat import Options, ThreatModel
+
+    ThreatModel(run, Options(shadows=2)).pool_outputs  # cached, if no earlier test did it
+    folder = next((run / "shadows").glob("k2-*"))
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps({**meta, "run_fingerprint": "another target"}))
+    np.save(folder / "pool_outputs.npy", np.zeros((2, 3, 10), np.float32))  # outputs of that other target
+    logs = []
+    threat = ThreatModel(run, Options(shadows=2), log=logs.append)
+    outputs = threat.pool_outputs
+    assert any("2 shadow models on" in m for m in logs)  # trained again, not read
+    assert outputs.shape == (2, len(threat.pool), 10) and torch.allclose(outputs.sum(-1), torch.ones(1))
+    assert json.loads((folder / "meta.json").read_text())["run_fingerprint"] == threat.run.fingerprint()
