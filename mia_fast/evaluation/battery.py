@@ -19,7 +19,6 @@ import torch
 
 from ..attacks import ATTACKS, Flipped, Rounded, attack_names, create_attack
 from ..metrics import attack_metrics, gap_floor, per_class_metrics
-from ..pipeline import resolve_defense
 from ..seeding import stream, stream_seed
 from .threat import Deployment, Options, Records, ThreatModel
 
@@ -114,11 +113,7 @@ def run_adaptive(threat: ThreatModel, deployment: Deployment) -> dict:
             out[name] = metrics(deployment.served("known").fit(Rounded(make(), decimals=3)), scored_served)
         elif name == "adversarial_training":
             known, device = threat.target_outputs("known"), threat.cfg.device
-            copy = resolve_defense(deployment.name, deployment.defense.params(), threat.cfg)
-            target, inputs = ((threat.target[0], threat.features(threat.pool)) if "target" in copy.uses
-                              else (None, None))
-            copy.fit(known.member_probs, known.member_labels, known.nonmember_probs, known.nonmember_labels,
-                     target=target, inputs=inputs, seed=stream_seed(threat.seed, "adaptive-fit"), device=device)
+            copy = deployment.attacker_copy(lambda: known, "adaptive-fit")
             trained = known.with_probs(*(copy.defend(p.to(device), generator=stream(threat.seed, "adaptive-defense", i))
                                          .defended.cpu()
                                          for i, p in enumerate((known.member_probs, known.nonmember_probs))))

@@ -300,19 +300,24 @@ class Deployment:
                                     check_inputs=False).defended.cpu()
 
     # ----------------------------------------------------------------- the aware attacker's own copy
-    @cached_property
-    def own(self) -> OutputDefense:
-        """The attacker's copy: the same defense and hyperparameters, fitted on its shadow data (one of
-        its shadow models standing in for the target where the defense queries it)."""
+    def attacker_copy(self, data: Callable[[], Records], purpose: str) -> OutputDefense:
+        """A copy of the defense as the attacker makes one: the same name and hyperparameters, fitted on
+        ``data()`` (records it owns) and, where the defense queries the target, on one of its shadow
+        models standing in for it (the attacker never holds the target model itself)."""
         t = self.threat
         copy = resolve_defense(self.name, self.defense.params(), t.cfg)
         if copy.uses:
-            shadow = t.shadow_data() if "outputs" in copy.uses else t.target_outputs("known")
+            recs = data() if "outputs" in copy.uses else t.target_outputs("known")
             target, inputs = ((t.shadows.models[0], t.features(t.pool)) if "target" in copy.uses else (None, None))
-            copy.fit(shadow.member_probs, shadow.member_labels, shadow.nonmember_probs, shadow.nonmember_labels,
-                     target=target, inputs=inputs, seed=stream_seed(t.seed, "attacker-defense-fit"),
-                     device=t.cfg.device, progress=t.progress)
+            copy.fit(recs.member_probs, recs.member_labels, recs.nonmember_probs, recs.nonmember_labels,
+                     target=target, inputs=inputs, seed=stream_seed(t.seed, purpose), device=t.cfg.device,
+                     progress=t.progress)
         return copy
+
+    @cached_property
+    def own(self) -> OutputDefense:
+        """The aware attacker's copy, fitted on its shadow data."""
+        return self.attacker_copy(self.threat.shadow_data, "attacker-defense-fit")
 
     def own_defend(self, probs: Tensor, index: int) -> Tensor:
         """The attacker's copy on its own outputs [..., C]."""
