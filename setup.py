@@ -74,7 +74,8 @@ setup(
     ext_modules=_extensions(),
     cmdclass={"build_ext": _build_ext()},
     python_requires=">=3.9",
-    install_requires=["torch>=2.4", "numpy", "click>=8", "tqdm", "scikit-learn", "matplotlib"],
+    install_requires=["torch>=2.4", "numpy", "click>=8", "tqdm", "scikit-learn", "matplotlib",
+                      "opacus==1.6.0"],  # DP-SGD; 1.6.0 is tested with the torch 2.13.0 CPU build
     extras_require={"test": ["pytest", "pytest-benchmark"]},
     entry_points={"console_scripts": ["mia-fast=mia_fast.cli:main"]},
 )

@@ -1,6 +1,7 @@
 """Command line: a thin layer over the public API. Bad input ends with one line and exit status 1."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -12,7 +13,7 @@ import torch
 from .attacks.registry import ATTACKS
 from .checkpoint import data_hash, load_substitute, save_substitute
 from .data import DATASETS, describe
-from .defenses import AEPPT, create_defense, defense_names, describe_defenses, load_defense, parse_param
+from .defenses import AEPPT, COMBINATIONS, create_defense, defense_names, describe_defenses, load_defense, parse_param
 from .errors import InputError, MiaFastError
 from .evaluation import EXPERIMENTS
 from .io import as_tensor, atomic_path, load_array
@@ -68,8 +69,10 @@ def _typed(name: str, raw: dict) -> dict:
 def defenses_cmd():
     """Every registered defense with its hyperparameters and their defaults."""
     for name, kind, doc, defaults in describe_defenses():
-        click.echo(f"{name:13s} {kind:8s} {doc}")
-        click.echo(f"{'':22s} " + (", ".join(f"{k}={v!r}" for k, v in defaults.items()) or "(no hyperparameters)"))
+        click.echo(f"{name:15s} {kind:8s} {doc}")
+        click.echo(f"{'':24s} " + (", ".join(f"{k}={v!r}" for k, v in defaults.items()) or "(no hyperparameters)"))
+    for name, parts in COMBINATIONS.items():
+        click.echo(f"{name:15s} {'both':8s} {' + '.join(parts)} (combine any two as TRAINING+OUTPUT)")
 
 
 @main.command()
@@ -256,10 +259,20 @@ def demo(run_dir, force, **kwargs):
 @_experiment_options
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="Run directory to create.")
 @click.option("--force", is_flag=True, help="Overwrite an existing run directory.")
+@click.option("--defense", type=click.Choice(defense_names("training")),
+              help="Train with this training defense (see: mia-fast defenses).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A hyperparameter of the defense (repeat).")
 @_one_line_errors
-def train_target_cmd(run_dir, force, **kwargs):
-    """Split the data and train the target model (cross-entropy, Adam) into a run directory."""
-    cfg = _config(kwargs)
+def train_target_cmd(run_dir, force, defense, params, **kwargs):
+    """Split the data and train the target model (cross-entropy, Adam, or a training defense) into a run
+    directory."""
+    raw = _param_pairs(params, prefixed=False).get(None, {})
+    if raw and defense is None:
+        raise InputError("--param needs --defense")
+    given = _typed(defense, raw) if defense else None
+    if defense:
+        create_defense(defense, **given)  # bad hyperparameters fail before the run directory is made
+    cfg = dataclasses.replace(_config(kwargs), training_defense=defense, training_params=given)
     run = RunDir(_fresh_run_dir(run_dir, force), create=True)
     stage_target(run, cfg, log=click.echo, progress=sys.stderr.isatty())
 
@@ -286,6 +299,8 @@ def _attacker_options(fn):
                      help="Noisy queries per record of the robustness attack."),
         click.option("--noise", type=click.FloatRange(min=0), help="Noise of the robustness attack (bit-flip "
                      "probability for binary features, Gaussian sigma otherwise); default 0.02 / 0.05."),
+        click.option("--boundary-directions", default=8, show_default=True, type=click.IntRange(min=1),
+                     help="Random flip orders / directions per record of the boundary attack."),
     ]):
         fn = option(fn)
     return fn
@@ -295,7 +310,8 @@ def _options(kwargs):
     from .evaluation.threat import Options
 
     return Options(epochs=kwargs["epochs"], shadows=kwargs["shadows"], queries=kwargs["queries"],
-                   noisy_copies=kwargs["noisy_copies"], noise=kwargs["noise"])
+                   noisy_copies=kwargs["noisy_copies"], noise=kwargs["noise"],
+                   boundary_directions=kwargs["boundary_directions"])
 
 
 def _names(text, known, what):
@@ -345,7 +361,9 @@ def evaluate(run_dir, defense, params, attacks, no_adaptive, no_sweep, **kwargs)
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--defenses", "defense_list", default=",".join(defense_names("output")), show_default=True,
-              help="Comma-separated output defenses.")
+              help="Comma-separated defenses: output defenses, training defenses (their targets are trained "
+              "once, in RUN_DIR/targets/), TRAINING+OUTPUT combinations, hamp (HAMP's training and output); "
+              "a part may carry its own hyperparameters: dp-sgd[epsilon=50;max_grad_norm=2].")
 @click.option("--param", "params", multiple=True, metavar="DEFENSE.KEY=VALUE",
               help="A hyperparameter of one defense, e.g. memguard.budget=0.5 (repeat).")
 @click.option("--attacks", default=None, help="Comma-separated subset of the attacks (default: all).")
@@ -353,11 +371,11 @@ def evaluate(run_dir, defense, params, attacks, no_adaptive, no_sweep, **kwargs)
 @_attacker_options
 @_one_line_errors
 def compare(run_dir, defense_list, params, attacks, no_adaptive, **kwargs):
-    """Run the battery against several output defenses on one run and put them side by side: compare.json,
+    """Run the battery against several defenses on one run and put them side by side: compare.json,
     compare.md, a self-contained compare.html and the privacy-utility figure compare.png."""
     from .evaluation.compare import compare_run, format_comparison
 
-    names = _names(defense_list, defense_names("output"), "defense") or []
+    names = [a.strip() for a in defense_list.split(",") if a.strip()]
     typed = {name: _typed(name, values) for name, values in _param_pairs(params, prefixed=True).items()}
     cmp = compare_run(run_dir, names, params=typed, attacks=_attack_names(attacks), adaptive=not no_adaptive,
                       options=_options(kwargs), log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty())
@@ -415,7 +433,8 @@ def attack(run_dir, name, defense, params, json_out, **kwargs):
 def reproduce(experiment, run_dir, force, epochs, queries, **kwargs):
     """Run a named experiment of the AEPPT paper and print it beside the paper's numbers (CIFAR-100,
     Purchase-100): table2, step-size (Tables 3-4), adversary (Fig. 7), mims (Tables 6-7), adaptive (Table 8),
-    classes (Table 5, classes merged as label mod k)."""
+    classes (Table 5, classes merged as label mod k), comparison (Fig. 9 with dropout and adversarial
+    regularization, and Bai et al.'s Table 3 rows for min-max and DP-SGD)."""
     from .evaluation.reproduce import reproduce as run_experiment
     from .evaluation.threat import Options
 

@@ -28,14 +28,14 @@ import torch
 from .checkpoint import data_hash, load_model, save_model, save_substitute, load_substitute
 from .data import load_dataset, make_splits
 from .data.splits import Splits
-from .defenses import AEPPT, DEFENSES, OutputDefense, create_defense, load_defense
+from .defenses import AEPPT, DEFENSES, OutputDefense, TrainingDefense, create_defense, load_defense
 from .defenses.output.aeppt import PAPER_EPS
 from .errors import InputError
 from .io import atomic_path, save_array
 from .metrics import attack_metrics
 from .models import TARGETS, AttackMIM, target_for
-from .seeding import stream, stream_seed
-from .training import accuracy, predict_proba, train_substitute, train_target
+from .seeding import numpy_stream, stream, stream_seed
+from .training import accuracy, predict_proba, train_model, train_substitute
 
 #: Per-dataset defaults; anything not named falls back to the paper's setting (Config's defaults).
 #: CIFAR-100 and Purchase-100: Table 1 sizes and the eps of Tables 3-4. Location-30: eps chosen on the
@@ -56,6 +56,8 @@ class Config:
 
     ``classes`` merges the dataset's classes into that many (label mod classes): a stand-in for the
     paper's Purchase-100 re-clustered into 2-100 classes (Table 5), whose raw records are not published.
+    ``training_defense`` (a registered `TrainingDefense`, with ``training_params``) trains the target
+    with it; the aware attacker's shadow models are trained the same way.
     """
 
     dataset: str = "digits"
@@ -72,6 +74,8 @@ class Config:
     seed: int = 0
     device: str = "cpu"
     classes: Optional[int] = None
+    training_defense: Optional[str] = None
+    training_params: Optional[dict] = None
 
     def resolved(self) -> "Config":
         paper = {"target_epochs": 100, "target_lr": 1e-4, "eps": 1e-3}
@@ -140,34 +144,90 @@ def load_run_dataset(cfg: Config):
     return dataclasses.replace(ds, y=ds.y % cfg.classes, num_classes=cfg.classes)
 
 
-def stage_target(run: RunDir, cfg: Config, *, log: Log = print, progress: bool = True) -> dict:
+def training_defense(cfg: Config) -> Optional[TrainingDefense]:
+    """The run's training defense (``cfg.training_defense``), or None."""
+    if cfg.training_defense is None:
+        return None
+    if DEFENSES.get(cfg.training_defense) is None or DEFENSES[cfg.training_defense].kind != "training":
+        raise InputError(f"{cfg.training_defense!r} is not a training defense; known: "
+                         f"{', '.join(n for n, c in DEFENSES.items() if c.kind == 'training')}")
+    return create_defense(cfg.training_defense, **(cfg.training_params or {}))
+
+
+def outside_records(n: int, splits: Splits, size: int, seed: int) -> np.ndarray:
+    """Up to ``size`` dataset indices outside D_tar and D_tar-bar, drawn at random: the defender's
+    reference data for training defenses that use some (they are public records from the same
+    distribution, so the attacker's pool may hold them too)."""
+    used = np.zeros(n, dtype=bool)
+    used[splits.members] = used[splits.nonmembers] = True
+    return numpy_stream(seed, "training-defense").permutation(np.flatnonzero(~used))[:size]
+
+
+def stage_target(run: RunDir, cfg: Config, *, splits: Optional[Splits] = None, log: Log = print,
+                 progress: bool = True) -> dict:
+    """Split the data (or take ``splits``) and train the target, with the run's training defense if any."""
     cfg = cfg.resolved()
     if cfg.data_dir is not None:  # later stages (evaluate) may run from another directory
         cfg = dataclasses.replace(cfg, data_dir=str(Path(cfg.data_dir).resolve()))
+    defense = training_defense(cfg)
+    if defense is not None:
+        cfg = dataclasses.replace(cfg, training_params=defense.params())
     ds = load_run_dataset(cfg)
-    splits = make_splits(len(ds), members=cfg.members, nonmembers=cfg.nonmembers,
-                         adversary_fraction=cfg.adversary_fraction, seed=cfg.seed)
+    splits = splits or make_splits(len(ds), members=cfg.members, nonmembers=cfg.nonmembers,
+                                   adversary_fraction=cfg.adversary_fraction, seed=cfg.seed)
     run.write_json("config.json", asdict(cfg))
     run.write_json("splits.json", asdict(splits))
     name, kwargs = target_for(ds.kind, ds.x.shape[1:], ds.num_classes)
+    kwargs = defense.architecture(kwargs) if defense is not None else kwargs
     log(f"target: {name} on {cfg.dataset} ({len(splits.members)} members, {len(splits.nonmembers)} non-members), "
-        f"{cfg.target_epochs} epochs")
+        f"{cfg.target_epochs} epochs" + (f", defense {defense!r}" if defense is not None else ""))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed(cfg.seed, "target"))
         model = TARGETS[name](**kwargs)
     x_in, y_in = ds.x[splits.members], ds.y[splits.members]
     x_out, y_out = ds.x[splits.nonmembers], ds.y[splits.nonmembers]
-    history = train_target(model, x_in, y_in, epochs=cfg.target_epochs, lr=cfg.target_lr,
-                           seed=stream_seed(cfg.seed, "target"), device=cfg.device, progress=progress)
+    reference = None
+    if defense is not None and "reference" in defense.uses:
+        rows = outside_records(len(ds), splits, len(splits.members), cfg.seed)
+        reference = (torch.from_numpy(ds.x[rows]), torch.from_numpy(ds.y[rows]))
+    started = time.perf_counter()
+    history = train_model(model, x_in, y_in, defense=defense, reference=reference, epochs=cfg.target_epochs,
+                          lr=cfg.target_lr, seed=stream_seed(cfg.seed, "target"), device=cfg.device, progress=progress)
+    seconds = time.perf_counter() - started
     for split, x, y in [("members", x_in, y_in), ("nonmembers", x_out, y_out)]:
         run.save_output(split, predict_proba(model, x, device=cfg.device).numpy())
         run.save_output(f"{split}_labels", y)
     meta = {"dataset": cfg.dataset, "train_accuracy": accuracy(model, x_in, y_in, device=cfg.device),
             "test_accuracy": accuracy(model, x_out, y_out, device=cfg.device), "epochs": cfg.target_epochs,
-            "lr": cfg.target_lr, "final_loss": history["loss"][-1]}
+            "lr": cfg.target_lr, "final_loss": history["loss"][-1], "train_seconds": seconds,
+            "training_defense": None if defense is None else {"name": defense.name, "params": defense.params()},
+            **{k: history[k] for k in ("epochs_run", "best_epoch", "epsilon", "delta", "noise_multiplier",
+                                       "soft_label_confidence") if k in history}}
+    if reference is not None:
+        meta["reference_records"] = len(reference[1])
     save_model(run.path / "target.pt", "target", model.cpu(), {"name": name, **kwargs}, meta)
-    log(f"target: train accuracy {meta['train_accuracy']:.1%}, test accuracy {meta['test_accuracy']:.1%}")
+    log(f"target: train accuracy {meta['train_accuracy']:.1%}, test accuracy {meta['test_accuracy']:.1%}"
+        + (f", epsilon {meta['epsilon']:.2f}" if "epsilon" in meta else "") + f" ({seconds:.0f} s)")
     return meta
+
+
+def defended_target(run: RunDir, defense: TrainingDefense, *, log: Log = print, progress: bool = False) -> RunDir:
+    """The run's target trained again with a training ``defense`` on the same splits, as a run directory of
+    its own in targets/NAME-HASH/ (config.json, splits.json, target.pt, outputs/, target.json written last),
+    where its shadow models and deployed output defenses are cached too. Trained once: a folder made for
+    this run's splits and config is reused."""
+    folder = run.path / "targets" / defense_key(defense)
+    base = data_hash([torch.frombuffer(bytearray((run.path / name).read_bytes()), dtype=torch.uint8)
+                      for name in ("splits.json", "config.json")])
+    marker = folder / "target.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("base") == base:
+        return RunDir(folder)
+    marker.unlink(missing_ok=True)
+    variant = RunDir(folder, create=True)
+    cfg = dataclasses.replace(run.config(), training_defense=defense.name, training_params=defense.params())
+    meta = stage_target(variant, cfg, splits=run.splits(), log=log, progress=progress)
+    variant.write_json("target.json", {"base": base, **meta})
+    return variant
 
 
 def stage_substitute(run: RunDir, cfg: Config, *, log: Log = print, progress: bool = True) -> dict:
@@ -227,8 +287,8 @@ def resolve_defense(name: str, params: Optional[dict], cfg: Config) -> OutputDef
     return defense
 
 
-def defense_key(defense: OutputDefense) -> str:
-    """The directory name of a deployed defense: NAME-HASH of its hyperparameters."""
+def defense_key(defense) -> str:
+    """The directory name of a deployed output defense or a defended target: NAME-HASH of its hyperparameters."""
     params = json.dumps(defense.params(), sort_keys=True)
     return f"{defense.name}-{hashlib.sha256(params.encode()).hexdigest()[:10]}"
 

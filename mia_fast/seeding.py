@@ -43,6 +43,11 @@ PURPOSES = {
     "loss-curve": "the steps of the Fig. 5 loss curve",
     "hamp-inputs": "HAMP's random inputs",
     "memguard-classifier": "MemGuard's defense classifier",
+    "training-defense": "a training-time defense's own draws in the target's training",
+    "shadow-reference": "which pool records a shadow model's training defense holds as reference data (index: k)",
+    "advreg-inference": "adversarial regularization's inference model (0: initialisation, 1: its batches)",
+    "dp-sgd": "DP-SGD's batch sampling (0) and noise (1)",
+    "boundary-directions": "the boundary attack's random flip orders / directions (index: which set)",
 }
 
 

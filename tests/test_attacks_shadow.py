@@ -139,3 +139,36 @@ def test_aeppt_loop_reports_every_iteration():
                            on_step=lambda t, state: seen.append((t, state.clone())))
     assert [t for t, _ in seen] == [0, 1, 2, 3, 4, 5]
     assert torch.equal(seen[0][1], probs) and torch.equal(seen[-1][1], adv)
+
+
+def test_boundary_distance_finds_where_the_label_changes():
+    from mia_fast.attacks import boundary_distance
+
+    x = torch.zeros(3, 40)
+    labels = torch.tensor([0, 0, 1])  # the third record is misclassified: distance 0
+    flips = lambda z: (z.sum(1) >= 7).long()  # noqa: E731  the label changes at the 7th flipped bit
+    d = boundary_distance(flips, x, labels, kind="bitflip", directions=4, generator=torch.Generator().manual_seed(0))
+    assert d.tolist() == [7.0, 7.0, 0.0]
+    radius = lambda z: (z.norm(dim=1) > 0.3).long()  # noqa: E731  a ball of radius 0.3 around the records
+    d = boundary_distance(radius, x, labels, kind="gaussian", directions=4, radius=1.0,
+                          generator=torch.Generator().manual_seed(0), steps=20)
+    assert torch.allclose(d[:2], torch.tensor([0.3, 0.3]), atol=1e-4) and d[2] == 0
+
+
+def test_rmia_ranks_records_against_the_population():
+    from mia_fast.attacks import RMIAOffline
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.softmax(torch.randn(6, 200, 4, generator=g), -1)  # reference models, OUT for every record
+    labels = torch.randint(0, 4, (200,), generator=g)
+    base = ref.mean(0)
+    members = base.clone()
+    members[torch.arange(200), labels] += 0.3  # members: the target is more confident than the references
+    members = members / members.sum(1, keepdim=True)
+    attack = RMIAOffline().fit(members[:100], labels[:100], base[:100], labels[:100], member_reference=ref[:, :100],
+                               nonmember_reference=ref[:, :100])
+    s_in = attack.score(members[100:], labels[100:], reference=ref[:, 100:])
+    s_out = attack.score(base[100:], labels[100:], reference=ref[:, 100:])
+    assert s_in.mean() > 0.9 and s_out.mean() < 0.7 and ((s_in >= 0) & (s_in <= 1)).all()
+    assert (attack.infer(members[100:], labels[100:], reference=ref[:, 100:]).mean()
+            > attack.infer(base[100:], labels[100:], reference=ref[:, 100:]).mean() + 0.5)

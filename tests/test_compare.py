@@ -139,3 +139,39 @@ def test_a_stale_shadow_cache_is_retrained_not_reused(run):
     assert any("2 shadow models on" in m for m in logs)  # trained again, not read
     assert outputs.shape == (2, len(threat.pool), 10) and torch.allclose(outputs.sum(-1), torch.ones(1))
     assert json.loads((folder / "meta.json").read_text())["run_fingerprint"] == threat.run.fingerprint()
+
+
+def test_compare_trains_each_training_defense_once_and_combines_it_with_output_defenses(run):
+    args = ["compare", str(run), *SMALL, "--attacks", "gap,confidence,mim0,rmia,boundary", "--no-adaptive",
+            "--defenses", "dropout,dropout+rounding,hamp,rounding", "--param", "dropout.p=0.3",
+            "--param", "hamp-output.bank_size=200"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    cmp = json.loads((run / "compare.json").read_text())
+    assert list(cmp["defenses"]) == ["dropout", "dropout+rounding", "hamp", "rounding"]
+    folders = sorted(p.name.split("-")[0] for p in (run / "targets").iterdir())
+    assert folders == ["dropout", "hamp"]  # one target per training defense, shared by its combinations
+    dropout, combo, hamp = (cmp["defenses"][k] for k in ("dropout", "dropout+rounding", "hamp"))
+    assert dropout["defense"]["training"]["params"] == {"p": 0.3} and dropout["defense"]["training"]["train_seconds"] > 0
+    assert set(dropout["attacks"]["mim0"]) == {"aware"} and set(combo["attacks"]["mim0"]) == {"none", "naive", "aware"}
+    assert combo["summary"]["gap_floor"] == dropout["summary"]["gap_floor"]
+    assert combo["attacks"]["mim0"]["none"] == dropout["attacks"]["mim0"]["aware"]
+    assert hamp["defense"]["training"]["name"] == "hamp-training" and hamp["defense"]["perturbation"]["mean_l1"] > 0
+    variant = next((run / "targets").glob("dropout-*"))
+    shadows = json.loads((variant / "config.json").read_text())
+    assert shadows["training_defense"] == "dropout" and (variant / "shadows").is_dir()
+    assert "Training defenses" in (run / "compare.md").read_text()
+    assert "dropout+rounding" in r.output and "gap floor" in r.output
+    stamp = (variant / "target.json").stat().st_mtime_ns
+    r = CliRunner().invoke(main, ["compare", str(run), *SMALL, "--attacks", "gap", "--no-adaptive",
+                                  "--defenses", "dropout", "--param", "dropout.p=0.3"])
+    assert r.exit_code == 0, r.output
+    assert (variant / "target.json").stat().st_mtime_ns == stamp  # trained once, reused
+
+
+@pytest.mark.parametrize("spec, message", [("dropout+l2", "at most one training defense"),
+                                           ("aeppt+memguard", "at most one output defense"),
+                                           ("dropuot", "unknown defense 'dropuot'")])
+def test_compare_refuses_bad_combinations_in_one_line(run, spec, message):
+    r = CliRunner().invoke(main, ["compare", str(run), "--defenses", spec])
+    assert r.exit_code == 1 and message in r.output and r.output.count("\n") == 1

@@ -13,7 +13,8 @@ from mia_fast.evaluation.reproduce import PAPER, _table2
 TINY = ["--target-epochs", "20", "--mim-epochs", "3", "--iters", "10", "--epochs", "3"]
 
 
-@pytest.mark.parametrize("experiment", ["table2", "step-size", "adaptive", "adversary", "mims", "classes"])
+@pytest.mark.parametrize("experiment", ["table2", "step-size", "adaptive", "adversary", "mims", "classes",
+                                        "comparison"])
 def test_reproduce_runs_an_experiment_and_saves_its_numbers(tmp_path, experiment):
     run = tmp_path / experiment
     r = CliRunner().invoke(main, ["reproduce", experiment, "--run-dir", str(run), *TINY, "--queries", "2"])
@@ -31,6 +32,13 @@ def test_reproduce_runs_an_experiment_and_saves_its_numbers(tmp_path, experiment
         assert set(saved) >= {"2", "10"}
         assert json.loads((run / "classes-2" / "config.json").read_text())["classes"] == 2
         assert set(np.load(run / "classes-2" / "outputs" / "members_labels.npy").tolist()) == {0, 1}
+    if experiment == "comparison":  # Fig. 9's five defenses and Bai et al.'s Table 3 rows, one comparison
+        names = [r["defense"] for r in saved["rows"]]
+        assert names == ["none", "rounding r=0.001", "rounding r=0.01", "dropout", "min-max (advreg)", "aeppt",
+                         "dp-sgd epsilon=50"]
+        dp = saved["rows"][-1]
+        assert 40 < dp["epsilon"] <= 50 + 1e-6 and (run / "compare.png").is_file()
+        assert "Fig. 9 shape" in r.output and "Table 3" in r.output
     if experiment == "adversary":
         assert set(saved) >= {"0.25", "0.5", "0.75"} and (run / "adversary_cdf.png").read_bytes()[:4] == b"\x89PNG"
         assert len(json.loads((run / "adversary-0.25" / "splits.json").read_text())["adversary_members"]) == 25

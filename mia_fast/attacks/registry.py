@@ -7,11 +7,12 @@ needs. The battery, the CLI and the report read their lists from here.
     needs   shadows       shadow models (source shadow, or shadow references)
             reference     per-record shadow outputs as ``reference`` context (LiRA)
             noisy_labels  labels of noisy queries as ``noisy_labels`` context (robustness)
+            boundary_distance  the label-only distance to the decision boundary (boundary)
     label_only  the attack reads only labels (no confidence values): no output defense that keeps the
                 labels changes what it sees
 
 >>> sorted(ATTACKS)[:3]
-['confidence', 'entropy', 'gap']
+['boundary', 'confidence', 'entropy']
 >>> create_attack("mim0", epochs=1, seed=0, device="cpu")
 NNAttack(kind='mim0', epochs=1, lr=0.001, batch_size=128, seed=0, device='cpu')
 """
@@ -21,13 +22,15 @@ from dataclasses import dataclass
 from typing import Callable, Dict
 
 from .base import Attack
+from .boundary import BoundaryAttack
 from .label_only import RobustnessAttack
 from .lira import LiRAOffline
 from .metric import MetricAttack
 from .nn import NNAttack
+from .rmia import RMIAOffline
 
 SOURCES = ("known", "shadow", "ood")
-NEEDS = ("shadows", "reference", "noisy_labels")
+NEEDS = ("shadows", "reference", "noisy_labels", "boundary_distance")
 
 
 @dataclass(frozen=True)
@@ -83,3 +86,8 @@ register_attack("lira", lambda e, s, d: LiRAOffline(), source="known", needs=("r
                 description="offline LiRA: per-record Gaussian of shadow models' logit-scaled confidence (Carlini et al.)")
 register_attack("robustness", lambda e, s, d: RobustnessAttack(), source="known", needs=("noisy_labels",), label_only=True,
                 description="label-only: share of noisy copies still labelled correctly (Choquette-Choo et al.)")
+register_attack("rmia", lambda e, s, d: RMIAOffline(), source="known", needs=("reference",),
+                description="offline RMIA: likelihood ratio against population records (Zarifzadeh et al.)")
+register_attack("boundary", lambda e, s, d: BoundaryAttack(), source="known", needs=("boundary_distance",),
+                label_only=True, description="label-only: distance to the decision boundary by label queries "
+                "(bit flips / random directions; Choquette-Choo et al., Li & Zhang)")

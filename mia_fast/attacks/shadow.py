@@ -12,7 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..seeding import numpy_stream, stream_seed
-from ..training.target import predict_proba, train_target
+from ..training.target import predict_proba, train_model
 
 Tensor = torch.Tensor
 
@@ -36,11 +36,13 @@ class ShadowModels:
 
 def train_shadow_models(make_model: Callable[[], nn.Module], x, y, *, num_shadows: int = 6, train_size: int,
                         epochs: int = 100, lr: float = 1e-4, seed: int = 0, device="cpu",
-                        progress: bool = True) -> ShadowModels:
+                        progress: bool = True, defense=None) -> ShadowModels:
     """Train ``num_shadows`` models, each on ``train_size`` records drawn at random from the pool (x, y).
 
     Each shadow is trained like the target (`train_target`: cross-entropy, Adam), so its members are
-    as overfit as the target's. Deterministic from ``seed`` (named streams: which records train each
+    as overfit as the target's; with a training ``defense`` (the attacker knows the target's), each shadow
+    is trained with it, holding up to ``train_size`` of the pool records it does not train on as its
+    reference data where the defense uses some. Deterministic from ``seed`` (named streams: which records train each
     shadow, and shadow k's initialisation and batch order).
     """
     n = len(y)
@@ -57,8 +59,13 @@ def train_shadow_models(make_model: Callable[[], nn.Module], x, y, *, num_shadow
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(model_seed)
             model = make_model()
-        train_target(model, x[chosen], y[chosen], epochs=epochs, lr=lr, seed=model_seed, device=device,
-                     progress=False)
+        reference = None
+        if defense is not None and "reference" in defense.uses:
+            rest = torch.from_numpy(numpy_stream(seed, "shadow-reference", k).permutation(
+                np.flatnonzero(~in_mask[k].numpy()))[:train_size])
+            reference = (x[rest], y[rest])
+        train_model(model, x[chosen], y[chosen], defense=defense, reference=reference, epochs=epochs, lr=lr,
+                    seed=model_seed, device=device, progress=False)
         models.append(model.cpu())
     return ShadowModels(models, in_mask)
 

@@ -169,14 +169,31 @@ def load_defense(path) -> OutputDefense:
 
 class TrainingDefense(Defense):
     """A defense that changes how the target is trained (dropout, L2, adversarial regularization,
-    DP-SGD, ...). The interface the training-time defenses implement: ``train(model, x, y, ...)`` trains
-    ``model`` in place and returns its history. No training defense is registered yet."""
+    DP-SGD, ...). ``architecture(kwargs)`` adapts the target's architecture (dropout adds layers; the
+    others leave it), and ``train(model, x, y, ...)`` trains ``model`` in place and returns its history
+    (with ``epsilon`` for DP-SGD). ``uses`` says what else a defense needs: "reference", records from
+    the same distribution that are not in the training set (adversarial regularization's non-members,
+    early stopping's held-out split). The pipeline trains one target per training defense, and the aware
+    attacker trains its shadow models with the same defense and hyperparameters."""
 
     kind = "training"
+    uses: ClassVar[frozenset] = frozenset()
+
+    def architecture(self, kwargs: dict) -> dict:
+        """The target architecture's keyword arguments under this defense."""
+        return dict(kwargs)
 
     def train(self, model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr: float, seed: int,
-              device: str = "cpu", progress: bool = False) -> dict:
-        raise NotImplementedError(f"{type(self).__name__} does not implement train()")
+              device: str = "cpu", progress: bool = False, reference: Optional[tuple] = None) -> dict:
+        """Train ``model`` in place on (x, y); ``reference`` = (x_ref, y_ref) for defenses that use it."""
+        if "reference" in self.uses and (reference is None or len(reference[1]) == 0):
+            raise InputError(f"{self.name}: needs reference records outside the training set (the run leaves "
+                             "none: use fewer --members / --nonmembers)")
+        return self._train(model, torch.as_tensor(x).float(), torch.as_tensor(y).long(), epochs=epochs, lr=lr,
+                           seed=seed, device=device, progress=progress, reference=reference)
+
+    def _train(self, model, x, y, *, epochs, lr, seed, device, progress, reference) -> dict:
+        raise NotImplementedError(f"{type(self).__name__} does not implement _train()")
 
 
 # ----------------------------------------------------------------------------------------------- registry

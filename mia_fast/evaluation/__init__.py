@@ -2,4 +2,4 @@
 experiments (reproduce)."""
 
 #: The AEPPT paper's experiments `mia-fast reproduce` runs (`mia_fast.evaluation.reproduce`).
-EXPERIMENTS = ("table2", "step-size", "adversary", "mims", "adaptive", "classes")
+EXPERIMENTS = ("table2", "step-size", "adversary", "mims", "adaptive", "classes", "comparison")

@@ -44,8 +44,8 @@ def measure(attack, scored: Records, *, per_class: bool = True) -> tuple:
     return m, (s_in, s_out)
 
 
-def _context(recs: Records, needs, reference: Callable, noisy_labels: Callable) -> Records:
-    for need, compute in (("reference", reference), ("noisy_labels", noisy_labels)):
+def _context(recs: Records, needs, reference: Callable, noisy_labels: Callable, boundary: Callable) -> Records:
+    for need, compute in (("reference", reference), ("noisy_labels", noisy_labels), ("boundary_distance", boundary)):
         if need in needs:
             member, nonmember = compute()
             recs.member_context = {**recs.member_context, **member}
@@ -63,7 +63,7 @@ def _fit_data(threat: ThreatModel, name: str, deployment: Optional[Deployment]) 
     else:
         recs = d.served("known") if d else threat.target_outputs("known")
     return _context(recs, spec.needs, lambda: (d or threat).reference("known"),
-                    lambda: (d or threat).noisy_labels("known"))
+                    lambda: (d or threat).noisy_labels("known"), lambda: _boundary(threat, d, "known"))
 
 
 def _scored_data(threat: ThreatModel, name: str, deployment: Optional[Deployment], setting: str) -> Records:
@@ -73,7 +73,13 @@ def _scored_data(threat: ThreatModel, name: str, deployment: Optional[Deployment
     recs = d.served("scored") if d else threat.target_outputs("scored")
     return _context(recs, ATTACKS[name].needs,
                     lambda: (deployment if setting == "aware" else threat).reference("scored"),
-                    lambda: (d or threat).noisy_labels("scored"))
+                    lambda: (d or threat).noisy_labels("scored"), lambda: _boundary(threat, d, "scored"))
+
+
+def _boundary(threat: ThreatModel, deployment: Optional[Deployment], which: str) -> tuple:
+    if deployment is not None:
+        return deployment.boundary_distance(which)
+    return threat.memo(("boundary", which), lambda: threat.boundary_distance(which))
 
 
 def _make(threat: ThreatModel, name: str):

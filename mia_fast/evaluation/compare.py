@@ -1,23 +1,31 @@
-"""`mia-fast compare`: several output defenses on the same run, the same attacks and the same attacker,
-side by side. The shadow models, the undefended attacks and everything else that does not depend on the
-defense are computed once (and the shadow models cached in the run directory); each defense is deployed
-(cached in defenses/) and attacked naively and defense-aware. Writes compare.json, compare.md, a
-self-contained compare.html and the privacy-utility figure compare.png, with the gap floor drawn: no
-output defense that keeps the labels can take an attacker below it.
+"""`mia-fast compare`: defenses side by side on the same run, the same attacks and the same attacker.
+
+A point of the comparison is an output defense, a training defense, or one of each (``advreg+aeppt``;
+``hamp`` = HAMP's training and output step). Everything that does not depend on the defense is computed
+once (shadow models cached in the run directory). A training defense's target is trained once on the
+run's splits and kept in targets/NAME-HASH/ with its own shadow models, which the attacker trains with
+the same defense: every attack on it is defense-aware. An output defense is deployed (cached in
+defenses/) and attacked naively and defense-aware. Writes compare.json, compare.md, a self-contained
+compare.html and the privacy-utility figure compare.png, with the gap floors drawn: no output defense
+that keeps the labels can take an attacker below its target's floor 0.5 + (train - test) / 2; only
+training lowers it.
 """
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..defenses import COMBINATIONS, DefenseSpec, create_defense, parse_param, parse_spec  # noqa: E402
 from ..io import atomic_path  # noqa: E402
+from ..pipeline import defended_target, defense_key  # noqa: E402
 from .battery import evaluate_defense, resolve_attacks, run_attack, run_header, summarize  # noqa: E402
 from .report import _pct, _save, html_page, html_tables, markdown_tables  # noqa: E402
 from .threat import Deployment, Options, ThreatModel  # noqa: E402
@@ -25,39 +33,140 @@ from .threat import Deployment, Options, ThreatModel  # noqa: E402
 FIGURE = "compare.png"
 
 
+@dataclass(frozen=True)
+class Point:
+    """One point of a comparison: a `DefenseSpec` and the hyperparameters of its defenses by name."""
+
+    spec: DefenseSpec
+    params: Dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+
+def _point(text: str) -> Point:
+    """A point from its text: a spec (`parse_spec`) whose parts may carry their own hyperparameters in
+    brackets, ``dp-sgd[epsilon=50;max_grad_norm=2]+aeppt`` (the text, brackets included, is its label)."""
+    parts, own = [], {}
+    for part in text.strip().split("+"):
+        name, bracket, rest = part.strip().partition("[")
+        if bracket:
+            if not rest.endswith("]"):
+                raise ValueError(f"{text}: expected NAME[KEY=VALUE;...], got {part.strip()!r}")
+            if name in COMBINATIONS:
+                raise ValueError(f"{text}: give {name}'s hyperparameters to its parts "
+                                 f"({' + '.join(COMBINATIONS[name])})")
+            for pair in filter(None, (p.strip() for p in rest[:-1].split(";"))):
+                key, eq, value = pair.partition("=")
+                if not eq:
+                    raise ValueError(f"{text}: expected KEY=VALUE in brackets, got {pair!r}")
+                own.setdefault(name, {})[key.strip()] = parse_param(name, key.strip(), value.strip())
+        parts.append(name)
+    spec = parse_spec("+".join(parts))
+    return Point(DefenseSpec(text.strip(), spec.training, spec.output), own)
+
+
+def points(defenses: Sequence, params: Optional[Dict[str, dict]] = None) -> List[Point]:
+    """`Point`s from texts ("dropout", "advreg+aeppt", "hamp", "dp-sgd[epsilon=50]", see `_point`) or
+    Points, with ``params`` ({defense name: hyperparameters}) given to every point that uses that defense
+    (a point's own bracketed ones win)."""
+    params = params or {}
+    out = [d if isinstance(d, Point) else _point(d) for d in defenses]
+    if not out:
+        raise ValueError("defenses: name at least one defense or combination")
+    labels = [p.label for p in out]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"defenses: each one once, got {', '.join(labels)}")
+    used = {n for p in out for n in p.spec.names}
+    unknown = sorted(set(params) - used)
+    if unknown:
+        raise ValueError(f"--param for {unknown[0]!r}, which is not among the compared defenses")
+    return [Point(p.spec, {n: {**params.get(n, {}), **p.params.get(n, {})} for n in p.spec.names}) for p in out]
+
+
 def _undefended(threat: ThreatModel, names) -> dict:
+    """Every attack on a target as it is (a training defense's target: its shadow models are trained with
+    that defense, so every attack here is aware of it)."""
     attacks = {name: {"aware": run_attack(threat, name)[0]["none"]} for name in names}
     return {"attacks": attacks, "summary": summarize({"attacks": attacks}, run_header(threat, names)["gap_floor"])}
 
 
-def compare_run(run_dir, defenses: Sequence[str], *, params: Optional[Dict[str, dict]] = None, attacks=None,
+def _training_block(threat: ThreatModel) -> dict:
+    meta = threat.run.read_json("target.json")
+    keep = ("train_seconds", "epochs_run", "best_epoch", "epsilon", "delta", "noise_multiplier",
+            "soft_label_confidence", "reference_records")
+    return {"name": threat.cfg.training_defense, "params": threat.cfg.training_params,
+            "key": threat.run.path.name, **{k: meta[k] for k in keep if k in meta}}
+
+
+class _Targets:
+    """The base run's attacker, and one per training defense (its target and shadow models trained once,
+    in the run's targets/ folder)."""
+
+    def __init__(self, threat: ThreatModel):
+        self.base, self.variants = threat, {}
+
+    def __call__(self, point: Point) -> ThreatModel:
+        if point.spec.training is None:
+            return self.base
+        defense = create_defense(point.spec.training, **point.params.get(point.spec.training, {}))
+        key = defense_key(defense)
+        if key not in self.variants:
+            t = self.base
+            started = time.perf_counter()
+            run = defended_target(t.run, defense, log=t.log, progress=t.progress)
+            t.log(f"{defense.name}: target ready in {run.path} ({time.perf_counter() - started:.0f} s)")
+            self.variants[key] = ThreatModel(run.path, t.opt, log=t.log, progress=t.progress)
+        return self.variants[key]
+
+
+def evaluate_point(targets: _Targets, point: Point, names, *, adaptive: bool = True) -> dict:
+    """The battery against one point: its target (trained with its training defense) and, if it has one,
+    its output defense deployed there and attacked naively and aware."""
+    threat = targets(point)
+    if point.spec.output is None:
+        ev = _undefended(threat, names)
+        acc = threat.accuracy
+        ev["defense"] = {"name": point.label, "target": {"train_accuracy": {"with": acc["train"]},
+                                                         "test_accuracy": {"with": acc["test"]}},
+                         "perturbation": {"mean_l1": 0.0, "label_flips": 0}}
+    else:
+        deployment = Deployment(threat, point.spec.output, point.params.get(point.spec.output))
+        ev, _ = evaluate_defense(threat, deployment, names, adaptive=adaptive, sweep=False)
+        ev["defense"]["name"] = point.label
+    if point.spec.training is not None:
+        ev["defense"]["training"] = _training_block(threat)
+    return ev
+
+
+def compare_run(run_dir, defenses: Sequence, *, params: Optional[Dict[str, dict]] = None, attacks=None,
                 adaptive: bool = True, options: Optional[Options] = None, log: Optional[Callable[[str], None]] = None,
-                progress: bool = False) -> dict:
-    """Evaluate every defense in ``defenses`` (registry names; ``params``: {name: hyperparameters}) on the
-    run and write the comparison files there. Returns the comparison (what compare.json holds)."""
-    if not defenses:
-        raise ValueError("defenses: name at least one output defense")
-    if len(set(defenses)) != len(defenses):
-        raise ValueError(f"defenses: each defense once, got {', '.join(defenses)}")
-    params = params or {}
-    unknown = set(params) - set(defenses)
-    if unknown:
-        raise ValueError(f"--param for {sorted(unknown)[0]!r}, which is not among the compared defenses")
+                progress: bool = False, write: bool = True) -> dict:
+    """Evaluate every defense or combination in ``defenses`` (spec texts, see `points`; ``params``:
+    {defense name: hyperparameters}) on the run and write the comparison files there (unless ``write``
+    is False). Returns the comparison (what compare.json holds)."""
+    chosen = points(defenses, params)
     options = options or Options()
     names = resolve_attacks(attacks, options)
     threat = ThreatModel(run_dir, options, log=log, progress=progress)
-    deployments = [Deployment(threat, name, params.get(name)) for name in defenses]  # bad names fail here, early
+    for point in chosen:  # bad names and hyperparameters fail here, before anything is trained
+        for name in point.spec.names:
+            create_defense(name, **point.params.get(name, {}))
+    targets = _Targets(threat)
     started = time.perf_counter()
     out = {**run_header(threat, names), "undefended": _undefended(threat, names), "defenses": {}}
-    for deployment in deployments:
+    if threat.cfg.training_defense is not None:
+        out["undefended"]["training"] = {"name": threat.cfg.training_defense, "params": threat.cfg.training_params}
+    for point in chosen:
         t0 = time.perf_counter()
-        out["defenses"][deployment.name], _ = evaluate_defense(threat, deployment, names, adaptive=adaptive,
-                                                               sweep=False)
-        out["defenses"][deployment.name]["seconds"] = time.perf_counter() - t0
-        threat.log(f"{deployment.name}: {time.perf_counter() - t0:.0f} s")
+        out["defenses"][point.label] = evaluate_point(targets, point, names, adaptive=adaptive)
+        out["defenses"][point.label]["seconds"] = time.perf_counter() - t0
+        threat.log(f"{point.label}: {time.perf_counter() - t0:.0f} s")
     out["seconds"] = time.perf_counter() - started
-    threat.run.write_json("compare.json", out)
-    write_comparison(threat.run.path, out)
+    if write:
+        threat.run.write_json("compare.json", out)
+        write_comparison(threat.run.path, out)
     return out
 
 
@@ -67,15 +176,22 @@ def rows(cmp: dict) -> list:
     un = cmp["undefended"]
     mim0 = un["attacks"].get("mim0", {}).get("aware")
     out = [{"defense": "none", "train_accuracy": t["train_accuracy"], "test_accuracy": t["test_accuracy"],
-            "mean_l1": 0.0, "label_flips": 0, "mim0_naive": mim0, "mim0_aware": mim0, **un["summary"]}]
+            "mean_l1": 0.0, "label_flips": 0, "mim0_naive": mim0, "mim0_aware": mim0, "train_seconds": None,
+            "epsilon": None, **un["summary"]}]
     for name, ev in cmp["defenses"].items():
         d = ev["defense"]
         mim0 = ev["attacks"].get("mim0", {})
+        training = d.get("training", {})
         out.append({"defense": name, "train_accuracy": d["target"]["train_accuracy"]["with"],
                     "test_accuracy": d["target"]["test_accuracy"]["with"], "mean_l1": d["perturbation"]["mean_l1"],
                     "label_flips": d["perturbation"]["label_flips"], "mim0_naive": mim0.get("naive"),
-                    "mim0_aware": mim0.get("aware"), **ev["summary"]})
+                    "mim0_aware": mim0.get("aware"), "train_seconds": training.get("train_seconds"),
+                    "epsilon": training.get("epsilon"), **ev["summary"]})
     return out
+
+
+def _cell(m: Optional[dict]) -> str:
+    return f"{_pct(m['accuracy'])} / {_pct(m['auc_leak'])}" if m else "-"
 
 
 def _three(m: Optional[dict]) -> str:
@@ -86,16 +202,17 @@ def _tables(cmp: dict) -> list:
     table = rows(cmp)
     privacy = ("Privacy and utility", "Best aware attack: the most accurate attack fitted on defended outputs "
                "(every attack in the battery and the adaptive ones); best score attack: the same over the attacks "
-               "that read confidence values (label-only attacks, gap and robustness, see only labels, which every "
-               "defense here keeps). Beyond the label: the largest AUC among correctly classified records over the "
-               "aware score attacks (0.5 = the scores add nothing to the label). "
-               f"Gap floor {_pct(cmp['gap_floor'])}: what the label alone gives one query (0.5 + (train - test) / 2).",
+               "that read confidence values (label-only attacks see only labels). Beyond the label: the largest AUC "
+               "among correctly classified records over the aware score attacks (0.5 = the scores add nothing to "
+               "the label). Gap floor: what the label alone gives one query, 0.5 + (train - test) / 2 of that "
+               f"point's target (undefended: {_pct(cmp['gap_floor'])}); a training defense lowers it.",
                ["defense", "mean L1", "label flips", "test accuracy", "best aware attack", "its accuracy",
-                "best score attack", "its accuracy", "over gap floor", "best aware AUC", "TPR @ 0.1% FPR",
-                "beyond-label AUC"],
+                "best score attack", "its accuracy", "gap floor", "over gap floor", "best aware AUC",
+                "TPR @ 0.1% FPR", "beyond-label AUC"],
                [[r["defense"], f"{r['mean_l1']:.3f}", str(r["label_flips"]), _pct(r["test_accuracy"]),
                  r["best_aware_attack"], _pct(r["best_aware_accuracy"]), str(r["best_score_attack"]),
-                 _pct(r["best_score_accuracy"]), f"{100 * (r['best_score_accuracy'] - r['gap_floor']):+.1f} pts",
+                 _pct(r["best_score_accuracy"]), _pct(r["gap_floor"]),
+                 f"{100 * (r['best_score_accuracy'] - r['gap_floor']):+.1f} pts",
                  _pct(r["best_aware_auc"]), f"{r['best_aware_tpr_at_0.1%_fpr']:.3f}",
                  _pct(r["beyond_label_auc"])] for r in table])
     paper = ("The AEPPT paper's comparison shape (sec. 5.9, Fig. 9)", "MIM0 accuracy / precision / recall, fitted "
@@ -108,13 +225,22 @@ def _tables(cmp: dict) -> list:
                   ["attack", "none", *cmp["defenses"]],
                   [[a, f"{_pct(cmp['undefended']['attacks'][a]['aware']['accuracy'])} / "
                        f"{_pct(cmp['undefended']['attacks'][a]['aware']['auc_leak'])}",
-                    *(f"{_pct(ev['attacks'][a]['aware']['accuracy'])} / {_pct(ev['attacks'][a]['aware']['auc_leak'])}"
-                      for ev in cmp["defenses"].values())] for a in attacks])
-    naive = ("Every attack, naive (accuracy / AUC)", "Fitted on undefended outputs, scoring the defended ones.",
-             ["attack", *cmp["defenses"]],
-             [[a, *(f"{_pct(ev['attacks'][a]['naive']['accuracy'])} / {_pct(ev['attacks'][a]['naive']['auc_leak'])}"
-                    for ev in cmp["defenses"].values())] for a in attacks])
-    out = [privacy, paper, per_attack, naive]
+                    *(_cell(ev["attacks"][a].get("aware")) for ev in cmp["defenses"].values())] for a in attacks])
+    with_output = {name: ev for name, ev in cmp["defenses"].items() if "naive" in next(iter(ev["attacks"].values()))}
+    out = [privacy, paper, per_attack]
+    if with_output:
+        out.append(("Every attack, naive (accuracy / AUC)", "Fitted on the outputs the target gives without its "
+                    "output defense, scoring the defended ones (training defenses have no naive setting: the "
+                    "attacker queries the trained target itself).", ["attack", *with_output],
+                    [[a, *(_cell(ev["attacks"][a]["naive"]) for ev in with_output.values())] for a in attacks]))
+    training = [r for r in table if r["train_seconds"] is not None]
+    if training:
+        out.append(("Training defenses", "Wall time of training the target (the attacker's shadow models take "
+                    "as long each); epsilon: DP-SGD's spent budget from Opacus' accountant.",
+                    ["defense", "train accuracy", "test accuracy", "gap floor", "train seconds", "epsilon"],
+                    [[r["defense"], _pct(r["train_accuracy"]), _pct(r["test_accuracy"]), _pct(r["gap_floor"]),
+                      f"{r['train_seconds']:.0f}", "-" if r["epsilon"] is None else f"{r['epsilon']:.2f}"]
+                     for r in training]))
     adaptive = [(name, ev["adaptive"]) for name, ev in cmp["defenses"].items() if "adaptive" in ev]
     if adaptive:
         kinds = sorted({k for _, a in adaptive for k in a})
@@ -125,38 +251,45 @@ def _tables(cmp: dict) -> list:
 
 
 def privacy_utility_figure(cmp: dict, path: Path) -> None:
-    """Best aware attack accuracy and beyond-label AUC against mean L1 distortion and against test accuracy,
-    with the gap floor drawn; and TPR at 0.1% FPR against L1."""
+    """Every point against test accuracy: the best aware attack's accuracy (each point's own gap floor
+    beside it) and TPR at 0.1% FPR; and the output defenses' attacks and beyond-label AUC against mean L1.
+    The undefended target is the black star, its gap floor the dashed line."""
     table = rows(cmp)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    for ax, x_key, x_label in ((axes[0], "mean_l1", "mean L1 distortion"), (axes[1], "test_accuracy",
-                                                                              "test accuracy (as served)")):
-        for i, r in enumerate(table):
-            color = "black" if r["defense"] == "none" else plt.cm.tab10(i % 10)
-            ax.scatter(r[x_key], r["best_aware_accuracy"], marker="o", s=50, color=color)
-            ax.scatter(r[x_key], r["best_score_accuracy"], marker="s", s=40, color=color)
-            if not math.isnan(r["beyond_label_auc"]):
-                ax.scatter(r[x_key], r["beyond_label_auc"], marker="^", s=50, color=color)
-            ax.annotate(r["defense"], (r[x_key], r["best_aware_accuracy"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=8)
-        ax.axhline(cmp["gap_floor"], color="red", lw=1, ls="--", label=f"gap floor {cmp['gap_floor']:.3f}")
-        ax.axhline(0.5, color="grey", lw=0.8)
-        ax.scatter([], [], marker="o", color="grey", label="best aware attack accuracy (label-only included)")
-        ax.scatter([], [], marker="s", color="grey", label="best aware score attack accuracy")
-        ax.scatter([], [], marker="^", color="grey", label="beyond-label AUC (correctly classified)")
-        ax.set(xlabel=x_label, ylabel="accuracy / AUC", ylim=(0.4, 1.0))
-        low, high = ax.get_xlim()
-        if high - low < 0.05:  # output defenses barely move test accuracy: keep the axis readable
-            middle = (low + high) / 2
-            ax.set_xlim(middle - 0.025, middle + 0.025)
-        ax.legend(fontsize=7, loc="lower left")
-    for i, r in enumerate(table):
-        color = "black" if r["defense"] == "none" else plt.cm.tab10(i % 10)
-        axes[2].scatter(r["mean_l1"], r["best_aware_tpr_at_0.1%_fpr"], color=color)
-        axes[2].annotate(r["defense"], (r["mean_l1"], r["best_aware_tpr_at_0.1%_fpr"]), textcoords="offset points",
-                         xytext=(4, 4), fontsize=8)
-    axes[2].set(xlabel="mean L1 distortion", ylabel="best aware TPR at 0.1% FPR")
-    fig.suptitle(f"{cmp['dataset']}: output defenses against a defense-aware attacker")
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    colors = {r["defense"]: "black" if r["defense"] == "none" else plt.cm.tab20(i % 20) for i, r in enumerate(table)}
+    marker = lambda r, plain: "*" if r["defense"] == "none" else plain  # noqa: E731
+    for r in table:
+        c, size = colors[r["defense"]], 160 if r["defense"] == "none" else 50
+        axes[0].scatter(r["test_accuracy"], r["best_aware_accuracy"], marker=marker(r, "o"), s=size, color=c)
+        axes[0].scatter(r["test_accuracy"], r["gap_floor"], marker="_", s=200, color=c)
+        axes[0].annotate(r["defense"], (r["test_accuracy"], r["best_aware_accuracy"]), textcoords="offset points",
+                         xytext=(4, 4), fontsize=7)
+        axes[1].scatter(r["test_accuracy"], r["best_aware_tpr_at_0.1%_fpr"], marker=marker(r, "o"), s=size, color=c)
+        axes[1].annotate(r["defense"], (r["test_accuracy"], r["best_aware_tpr_at_0.1%_fpr"]),
+                         textcoords="offset points", xytext=(4, 4), fontsize=7)
+    axes[0].axhline(cmp["gap_floor"], color="red", lw=1, ls="--", label=f"undefended gap floor {cmp['gap_floor']:.3f}")
+    axes[0].axhline(0.5, color="grey", lw=0.8)
+    axes[0].scatter([], [], marker="o", color="grey", label="best aware attack (label-only included)")
+    axes[0].scatter([], [], marker="_", s=200, color="grey", label="that target's gap floor")
+    axes[0].set(xlabel="test accuracy (as served)", ylabel="attack accuracy", ylim=(0.45, 1.0),
+                title="privacy against utility")
+    axes[0].legend(fontsize=7, loc="upper left")
+    axes[1].set(xlabel="test accuracy (as served)", ylabel="best aware TPR at 0.1% FPR", title="low-FPR leakage")
+    output = [r for r in table if r["defense"] == "none" or r["mean_l1"] > 0]
+    for r in output:
+        c = colors[r["defense"]]
+        axes[2].scatter(r["mean_l1"], r["best_aware_accuracy"], marker=marker(r, "o"), s=50, color=c)
+        if not math.isnan(r["beyond_label_auc"]):
+            axes[2].scatter(r["mean_l1"], r["beyond_label_auc"], marker="^", s=50, color=c)
+        axes[2].annotate(r["defense"], (r["mean_l1"], r["best_aware_accuracy"]), textcoords="offset points",
+                         xytext=(4, 4), fontsize=7)
+    axes[2].axhline(0.5, color="grey", lw=0.8)
+    axes[2].scatter([], [], marker="o", color="grey", label="best aware attack")
+    axes[2].scatter([], [], marker="^", color="grey", label="beyond-label AUC (correctly classified)")
+    axes[2].set(xlabel="mean L1 distortion of the served outputs", ylabel="accuracy / AUC", ylim=(0.45, 1.0),
+                title="output defenses: distortion")
+    axes[2].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"{cmp['dataset']}: every defense against a defense-aware attacker")
     _save(fig, path)
 
 
@@ -165,11 +298,12 @@ def write_comparison(run_dir, cmp: dict) -> None:
     run_dir = Path(run_dir)
     privacy_utility_figure(cmp, run_dir / FIGURE)
     tables = _tables(cmp)
-    intro = (f"{cmp['dataset']}: {len(cmp['defenses'])} output defenses against the same attacks. The attacker "
+    intro = (f"{cmp['dataset']}: {len(cmp['defenses'])} defenses against the same attacks. The attacker "
              f"knows {cmp['known_members']} members and {cmp['known_nonmembers']} non-members and is scored on "
              f"{cmp['scored_members']} + {cmp['scored_nonmembers']} others; aware = it knows the defense and its "
-             "hyperparameters, runs its own copy fitted on its own shadow data, and fits on defended outputs.")
-    caption = "Privacy against utility: best aware attack and beyond-label AUC, with the gap floor"
+             "hyperparameters: it trains its shadow models with the training defense, runs its own copy of the "
+             "output defense fitted on its own shadow data, and fits on defended outputs.")
+    caption = "Privacy against utility: best aware attack and TPR at 0.1% FPR against test accuracy, with gap floors"
     md = [f"# Defense comparison: {cmp['dataset']}", "", intro] + markdown_tables(tables)
     md += ["", f"![{caption}]({FIGURE})", "", "Every number: compare.json."]
     with atomic_path(run_dir / "compare.md") as tmp:
@@ -183,12 +317,13 @@ def write_comparison(run_dir, cmp: dict) -> None:
 
 def format_comparison(cmp: dict) -> str:
     """The table `mia-fast compare` prints."""
-    lines = [f"{cmp['dataset']}: defense-aware attacks; gap floor {_pct(cmp['gap_floor'])}",
-             f"{'defense':14s}{'mean L1':>9s}{'flips':>7s}{'test acc':>10s}{'best aware attack':>24s}"
+    lines = [f"{cmp['dataset']}: defense-aware attacks; undefended gap floor {_pct(cmp['gap_floor'])}",
+             f"{'defense':22s}{'mean L1':>9s}{'flips':>7s}{'test acc':>10s}{'gap floor':>11s}{'best aware attack':>24s}"
              f"{'best score attack':>30s}{'TPR@0.1%':>10s}{'beyond label':>14s}"]
     for r in rows(cmp):
         best = f"{r['best_aware_attack']} {_pct(r['best_aware_accuracy'])}"
         score = f"{r['best_score_attack']} {_pct(r['best_score_accuracy'])}"
-        lines.append(f"{r['defense']:14s}{r['mean_l1']:9.3f}{r['label_flips']:7d}{_pct(r['test_accuracy']):>10s}"
+        lines.append(f"{r['defense']:22s}{r['mean_l1']:9.3f}{r['label_flips']:7d}{_pct(r['test_accuracy']):>10s}"
+                     f"{_pct(r['gap_floor']):>11s}"
                      f"{best:>24s}{score:>30s}{r['best_aware_tpr_at_0.1%_fpr']:10.3f}{_pct(r['beyond_label_auc']):>14s}")
     return "\n".join(lines)

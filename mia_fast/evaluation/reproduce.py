@@ -7,6 +7,8 @@ numbers when the dataset is one the paper used (CIFAR-100, Purchase-100).
     mims        MIM1, MIM2, MIM3 beside MIM0, per-class CDFs (Tables 6-7, Fig. 8, sec. 5.7)
     adaptive    flip, rounding, adversarial-training attacks, plus repeated-query averaging (Table 8)
     classes     target and MIM0 for 2, 10, 20, 50, 100 output classes (Table 5, sec. 5.5)
+    comparison  rounding (r = 0.001, 0.01), dropout, adversarial regularization and AEPPT side by side
+                (Fig. 9, sec. 5.9), and Bai et al.'s Table 3 rows for min-max and DP-SGD at epsilon 50
 
 The paper's class sweep re-clusters the raw Purchase records into k classes; those records are not
 published, so ``classes`` merges the dataset's classes into k (label mod k) instead: the same question
@@ -46,7 +48,12 @@ PAPER = {
                                 50: (99.4, 86.6, 69.2, 62.0, 99.4, 48.0, 47.2, 33.0),
                                 100: (99.3, 79.7, 76.0, 68.0, 98.5, 50.6, 51.7, 17.1)}},
 }
+# comparison: Fig. 9 is a bar chart; the text gives MIM0 accuracy without / with rounding r = 0.01 only
+PAPER["comparison"] = {"cifar100": {"rounding r=0.01": (63.7, 58.3)}, "purchase100": {"rounding r=0.01": (76.0, 60.0)}}
+# Bai et al. Table 3 (CIFAR-10, epoch 50): train, test, inference accuracy
+PAPER["bai-table3"] = {"cifar10": {"min-max (advreg)": (68.6, 62.7, 52.9), "dp-sgd epsilon=50": (1.2, 1.0, 50.0)}}
 PAPER_CLASSES = (2, 10, 20, 50, 100)
+COMPARISON_ATTACKS = ("mim0", "gap", "shokri", "confidence")
 Log = Callable[[str], None]
 
 
@@ -128,6 +135,50 @@ def _adaptive(run: RunDir, results: dict, options: Options, log: Log) -> tuple:
     return lines, {"adaptive": out}
 
 
+def _comparison_points() -> list:
+    from ..defenses import DefenseSpec
+    from .compare import Point
+
+    return [Point(DefenseSpec("rounding r=0.001", output="rounding"), {"rounding": {"decimals": 3}}),
+            Point(DefenseSpec("rounding r=0.01", output="rounding"), {"rounding": {"decimals": 2}}),
+            Point(DefenseSpec("dropout", training="dropout")),
+            Point(DefenseSpec("min-max (advreg)", training="advreg")),
+            Point(DefenseSpec("aeppt", output="aeppt")),
+            Point(DefenseSpec("dp-sgd epsilon=50", training="dp-sgd"), {"dp-sgd": {"epsilon": 50.0}})]
+
+
+def _comparison(run: RunDir, results: dict, options: Options, log: Log) -> tuple:
+    from .compare import compare_run, rows
+
+    cmp = compare_run(run.path, _comparison_points(), attacks=list(COMPARISON_ATTACKS), adaptive=False,
+                      options=options, log=log)
+    by_name = {r["defense"]: r for r in rows(cmp)}
+    paper = _paper("comparison", results["dataset"]) or {}
+    lines = ["Fig. 9 shape: MIM0 naive = fitted on undefended outputs (the paper's adversary; for a training "
+             "defense the target it queries is the defended one); aware = fitted on what the defense serves",
+             f"{'defense':20s}{'train acc':>10s}{'test acc':>10s}{'MIM0 naive: acc / prec / recall':>34s}"
+             f"{'MIM0 aware: acc / prec / recall':>34s}" + ("   paper MIM0 acc without / with" if paper else "")]
+    for name in ["none", *(p.label for p in _comparison_points()[:5])]:
+        r = by_name[name]
+        naive = r["mim0_naive"] or r["mim0_aware"]
+        extra = f"   {paper[name][0]}% / {paper[name][1]}%" if name in paper else ""
+        lines.append(f"{name:20s}{_pct(r['train_accuracy']):>10s}{_pct(r['test_accuracy']):>10s}"
+                     f"{_three(naive):>34s}{_three(r['mim0_aware']):>34s}{extra}")
+    table3 = _paper("bai-table3", results["dataset"]) or {}
+    lines += ["Bai et al. Table 3 rows: train / test accuracy and the best aware attack's accuracy (of "
+              + ", ".join(COMPARISON_ATTACKS) + ")",
+              f"{'defense':20s}{'train acc':>10s}{'test acc':>10s}{'inference acc':>15s}{'attack':>12s}{'epsilon':>9s}"
+              + ("   paper (CIFAR-10): train / test / inference" if table3 else "")]
+    for name in ("none", "min-max (advreg)", "dp-sgd epsilon=50"):
+        r = by_name[name]
+        extra = "   %.1f%% / %.1f%% / %.1f%%" % table3[name] if name in table3 else ""
+        eps = "-" if r["epsilon"] is None else f"{r['epsilon']:.1f}"
+        lines.append(f"{name:20s}{_pct(r['train_accuracy']):>10s}{_pct(r['test_accuracy']):>10s}"
+                     f"{_pct(r['best_aware_accuracy']):>15s}{r['best_aware_attack']:>12s}{eps:>9s}{extra}")
+    lines.append(f"figure and tables: {run.path / 'compare.html'} (numbers: compare.json)")
+    return lines, {"rows": rows(cmp)}
+
+
 def reproduce(experiment: str, cfg: Config, run_dir, *, options: Optional[Options] = None, log: Log = print,
               progress: bool = False) -> tuple:
     """Run ``experiment`` (one of `EXPERIMENTS`) with ``cfg`` under ``run_dir``; returns (printable lines,
@@ -168,7 +219,8 @@ def reproduce(experiment: str, cfg: Config, run_dir, *, options: Optional[Option
         lines.append(f"figure: {root / 'adversary_cdf.png'}")
     else:
         results = run_demo(cfg, root, log=log, progress=progress)
-        step = {"table2": _table2, "step-size": _step_size, "mims": _mims, "adaptive": _adaptive}[experiment]
+        step = {"table2": _table2, "step-size": _step_size, "mims": _mims, "adaptive": _adaptive,
+                "comparison": _comparison}[experiment]
         lines, numbers = step(RunDir(root), results, options, log)
     header = f"{experiment} on {cfg.dataset} (eps {cfg.eps:g}, T {cfg.iters}, seed {cfg.seed})"
     RunDir(root, create=True).write_json(f"reproduce-{experiment}.json",

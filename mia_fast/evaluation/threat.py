@@ -12,6 +12,9 @@ hyperparameters, makes its own copy from the registry and fits it on its own sha
 defender's), and fits thresholds and models on defended outputs: the deployed answers for its known
 records, its own copy's answers for its shadow outputs and LiRA references.
 
+A target trained with a training defense (the run's ``training_defense``) is attacked by an attacker who
+knows it: its shadow models are trained with the same defense and hyperparameters.
+
 Shadow models and their outputs on the pool are computed once per run and cached in shadows/ (keyed by
 their number, epochs and seed, and the run's fingerprint); deployed defenses are cached in defenses/.
 """
@@ -26,14 +29,15 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..attacks import noisy_copies, query_labels, shadow_records, train_shadow_models
+from ..attacks import boundary_distance, noisy_copies, query_labels, shadow_records, train_shadow_models
 from ..attacks.label_only import noise_kind_for
 from ..attacks.shadow import ShadowModels
 from ..checkpoint import load_model, save_model
 from ..defenses import OutputDefense
 from ..io import atomic_path, save_array
 from ..models import TARGETS
-from ..pipeline import RunDir, defense_key, deploy_defense, load_run_dataset, record_positions, resolve_defense
+from ..pipeline import (RunDir, defense_key, deploy_defense, load_run_dataset, record_positions, resolve_defense,
+                        training_defense)
 from ..seeding import stream, stream_seed
 from ..training import predict_proba
 
@@ -71,13 +75,15 @@ class Options:
     """How hard the attacker works. shadows: shadow models (LiRA, Shokri, metric thresholds, aware
     calibration); queries: repeated queries averaged by the averaging attack; noisy_copies / noise: the
     robustness attack's queries per record and noise strength (bit-flip probability or Gaussian sigma;
-    MIM3 corrupts with 5x that); sweep: eps multiples of AEPPT's step-size sweep."""
+    MIM3 corrupts with 5x that); boundary_directions: random flip orders / directions of the boundary
+    attack per record; sweep: eps multiples of AEPPT's step-size sweep."""
 
     epochs: int = 100
     shadows: int = 6
     queries: int = 8
     noisy_copies: int = 20
     noise: Optional[float] = None
+    boundary_directions: int = 8
     sweep: tuple = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 
 
@@ -173,7 +179,8 @@ class ThreatModel:
         shadows = train_shadow_models(lambda: TARGETS[name](**architecture), self.features(self.pool),
                                       self.dataset.y[self.pool], num_shadows=self.opt.shadows,
                                       train_size=train_size, epochs=self.cfg.target_epochs, lr=self.cfg.target_lr,
-                                      seed=self.seed, device=self.cfg.device, progress=self.progress)
+                                      seed=self.seed, device=self.cfg.device, progress=self.progress,
+                                      defense=training_defense(self.cfg))
         self.log(f"{self.opt.shadows} shadow models on {train_size} of {len(self.pool)} pool records: "
                  f"{time.perf_counter() - started:.0f} s (cached in {folder})")
         folder.mkdir(parents=True, exist_ok=True)
@@ -243,6 +250,22 @@ class ThreatModel:
         """Labels the undefended target gives the noisy copies, [copies, n] per side."""
         return self.memo(("noisy_labels", which), lambda: tuple(
             {"noisy_labels": query_labels(self.target_predict, noisy)} for noisy in self.noisy_inputs(which)))
+
+    def boundary_distance(self, which: str, predict: Optional[Callable[[Tensor], Tensor]] = None) -> tuple:
+        """The boundary attack's label-only distances per side, {"boundary_distance": [n]}, with the
+        labels ``predict`` serves (default: the undefended target's)."""
+        predict = predict or self.target_predict
+        kind, _ = self.noise
+        radius = float(self.features(self.pool[:1000]).reshape(min(len(self.pool), 1000), -1).norm(dim=1).median())
+        return tuple({"boundary_distance": boundary_distance(
+            lambda x: predict(x).argmax(1), self.features(indices), labels, kind=kind,
+            directions=self.opt.boundary_directions, radius=radius,
+            generator=stream(self.seed, "boundary-directions", 2 * (which == "known") + side))}
+            for side, (indices, labels) in enumerate(zip(self.split_indices(which), self.split_labels(which))))
+
+    def split_labels(self, which: str) -> tuple:
+        return tuple(torch.from_numpy(self.dataset.y[np.asarray(i, dtype=np.int64)]).long()
+                     for i in self.split_indices(which))
 
     @cached_property
     def ood_probs(self) -> Tensor:
@@ -360,6 +383,15 @@ class Deployment:
                 out.append({"noisy_labels": query_labels(predict, noisy)})
             return tuple(out)
         return self.threat.memo(("noisy_labels", which, self.key), compute)
+
+    def boundary_distance(self, which: str) -> tuple:
+        """The boundary attack's distances with the labels the deployed defense serves (the target's own
+        when the defense keeps every label)."""
+        if getattr(self.defense, "keeps_label", False):
+            return self.threat.memo(("boundary", which), lambda: self.threat.boundary_distance(which))
+        index = 2 * (which == "known")
+        predict = lambda x: self.serve(self.threat.target_predict(x), "noisy-queries-defended", 4 + index)  # noqa
+        return self.threat.memo(("boundary", which, self.key), lambda: self.threat.boundary_distance(which, predict))
 
     def ood_data(self) -> Records:
         known = self.served("known")

@@ -7,6 +7,14 @@ import torch  # noqa: F401  (the doctests use it)
 from torch import nn
 
 
+def _dropout(p: float) -> list:
+    """A dropout layer after each hidden activation when ``p`` > 0 (the dropout defense, Salem et al.
+    2019); none otherwise, so models without it keep their parameter names."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {p}")
+    return [nn.Dropout(p)] if p > 0 else []
+
+
 class TabularMLP(nn.Module):
     """Fully connected [F, 1024, 512, 256, C] with Tanh: the paper's Purchase model (also Location, Texas).
 
@@ -14,11 +22,12 @@ class TabularMLP(nn.Module):
     torch.Size([2, 100])
     """
 
-    def __init__(self, in_features: int, num_classes: int, *, hidden: Sequence[int] = (1024, 512, 256)):
+    def __init__(self, in_features: int, num_classes: int, *, hidden: Sequence[int] = (1024, 512, 256),
+                 dropout: float = 0.0):
         super().__init__()
         layers, width = [], in_features
         for h in hidden:
-            layers += [nn.Linear(width, h), nn.Tanh()]
+            layers += [nn.Linear(width, h), nn.Tanh(), *_dropout(dropout)]
             width = h
         layers.append(nn.Linear(width, num_classes))
         self.net = nn.Sequential(nn.Flatten(), *layers)
@@ -34,7 +43,7 @@ class AlexNet32(nn.Module):
     torch.Size([2, 100])
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3):
+    def __init__(self, num_classes: int, in_channels: int = 3, *, dropout: float = 0.0):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -43,7 +52,8 @@ class AlexNet32(nn.Module):
             nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
             nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(256 * 4 * 4, 1024), nn.ReLU(),
-                                        nn.Linear(1024, 512), nn.ReLU(), nn.Linear(512, num_classes))
+                                        *_dropout(dropout), nn.Linear(1024, 512), nn.ReLU(), *_dropout(dropout),
+                                        nn.Linear(512, num_classes))
 
     def forward(self, x):
         return self.classifier(self.features(x))
@@ -56,12 +66,12 @@ class SmallCNN28(nn.Module):
     torch.Size([2, 10])
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 1):
+    def __init__(self, num_classes: int, in_channels: int = 1, *, dropout: float = 0.0):
         super().__init__()
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, num_classes))
+            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), *_dropout(dropout), nn.Linear(128, num_classes))
 
     def forward(self, x):
         return self.net(x)

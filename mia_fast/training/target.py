@@ -1,45 +1,82 @@
-"""Training target classifiers (Xue et al., sec. 5.2: cross-entropy, Adam, lr 1e-4, 100 epochs)."""
+"""Training target classifiers (Xue et al., sec. 5.2: cross-entropy, Adam, lr 1e-4, 100 epochs).
+
+`train_target` is the one mini-batch loop every target, shadow model and training-time defense uses;
+defenses change its loss (``loss_fn``), its optimizer's weight decay, or stop it (``after_epoch``).
+"""
 from __future__ import annotations
+
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+Tensor = torch.Tensor
+#: loss_fn(logits, labels, epoch) -> the scalar to minimise on one batch
+LossFn = Callable[[Tensor, Tensor, int], Tensor]
+
 
 def _tensor(a) -> torch.Tensor:
     return a if isinstance(a, torch.Tensor) else torch.from_numpy(np.asarray(a))
 
 
-def train_target(model: nn.Module, x, y, *, epochs: int = 100, lr: float = 1e-4, batch_size: int = 128, seed: int = 0,
-                 device: str | torch.device = "cpu", progress: bool = True, x_val=None, y_val=None) -> dict:
-    """Train ``model`` in place with cross-entropy and Adam; returns per-epoch loss and accuracies."""
+def cross_entropy(logits: Tensor, labels: Tensor, epoch: int) -> Tensor:
+    return nn.functional.cross_entropy(logits, labels)
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator):
+    """Index tensors of one shuffled epoch over n records."""
+    order = torch.randperm(n, generator=generator)
+    return [order[start:start + batch_size] for start in range(0, n, batch_size)]
+
+
+def check_training(epochs: int, lr: float, batch_size: int) -> None:
     if epochs < 1 or lr <= 0 or batch_size < 1:
         raise ValueError(f"epochs, lr and batch_size must be positive, got {epochs}, {lr}, {batch_size}")
+
+
+def train_target(model: nn.Module, x, y, *, epochs: int = 100, lr: float = 1e-4, batch_size: int = 128, seed: int = 0,
+                 device: str | torch.device = "cpu", progress: bool = True, weight_decay: float = 0.0,
+                 loss_fn: LossFn = cross_entropy, after_epoch: Optional[Callable[[int, nn.Module], bool]] = None,
+                 desc: str = "target model") -> dict:
+    """Train ``model`` in place with Adam (``weight_decay``: its L2 penalty) on ``loss_fn`` (default
+    cross-entropy); ``after_epoch(epoch, model)`` returning True stops training. Returns per-epoch loss,
+    the epochs run and the final train accuracy."""
+    check_training(epochs, lr, batch_size)
     x, y = _tensor(x).float(), _tensor(y).long()
     gen = torch.Generator().manual_seed(seed)
     model.to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    history = {"loss": [], "train_accuracy": [], "val_accuracy": []}
-    bar = tqdm(range(epochs), desc="target model", disable=not progress, leave=False)
-    for _ in bar:
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    history = {"loss": []}
+    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
+    for epoch in bar:
         model.train()
-        order = torch.randperm(len(x), generator=gen)
         total = 0.0
-        for start in range(0, len(x), batch_size):
-            idx = order[start:start + batch_size]
-            loss = nn.functional.cross_entropy(model(x[idx].to(device)), y[idx].to(device))
+        for idx in batches(len(x), batch_size, gen):
+            loss = loss_fn(model(x[idx].to(device)), y[idx].to(device), epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
         history["loss"].append(total / len(x))
-        if x_val is not None:
-            history["val_accuracy"].append(accuracy(model, x_val, y_val, device=device))
         bar.set_postfix(loss=f"{history['loss'][-1]:.4f}")
-    history["train_accuracy"].append(accuracy(model, x, y, device=device))
+        if after_epoch is not None and after_epoch(epoch, model):
+            break
+    history["epochs_run"] = len(history["loss"])
+    history["train_accuracy"] = accuracy(model, x, y, device=device)
     model.eval()
     return history
+
+
+def train_model(model: nn.Module, x, y, *, defense=None, reference: Optional[tuple] = None, epochs: int, lr: float,
+                seed: int, device: str | torch.device = "cpu", progress: bool = False) -> dict:
+    """Train ``model`` as a target is trained: `train_target`, or ``defense.train`` (a `TrainingDefense`,
+    given ``reference`` records outside the training set when it uses them)."""
+    if defense is None:
+        return train_target(model, x, y, epochs=epochs, lr=lr, seed=seed, device=device, progress=progress)
+    return defense.train(model, x, y, epochs=epochs, lr=lr, seed=seed, device=device, progress=progress,
+                         reference=reference if "reference" in defense.uses else None)
 
 
 @torch.no_grad()
