@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -273,8 +274,14 @@ def train_target_cmd(run_dir, force, defense, params, **kwargs):
     if defense:
         create_defense(defense, **given)  # bad hyperparameters fail before the run directory is made
     cfg = dataclasses.replace(_config(kwargs), training_defense=defense, training_params=given)
-    run = RunDir(_fresh_run_dir(run_dir, force), create=True)
-    stage_target(run, cfg, log=click.echo, progress=sys.stderr.isatty())
+    path = _fresh_run_dir(run_dir, force)
+    fresh = not path.exists()
+    try:
+        stage_target(RunDir(path, create=True), cfg, log=click.echo, progress=sys.stderr.isatty())
+    except Exception:
+        if fresh:  # nothing half-made is left behind
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 @main.command("train-attack")

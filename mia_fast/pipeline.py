@@ -163,6 +163,18 @@ def outside_records(n: int, splits: Splits, size: int, seed: int) -> np.ndarray:
     return numpy_stream(seed, "training-defense").permutation(np.flatnonzero(~used))[:size]
 
 
+def reference_records(defense: Optional[TrainingDefense], ds, splits: Splits, cfg: Config) -> Optional[tuple]:
+    """(x, y) of the defender's reference records for a training defense that uses some (`outside_records`,
+    as many as D_tar at most), None for one that does not; InputError when the split leaves none."""
+    if defense is None or "reference" not in defense.uses:
+        return None
+    rows = outside_records(len(ds), splits, len(splits.members), cfg.seed)
+    if len(rows) == 0:
+        raise InputError(f"{defense.name} needs reference records outside D_tar and D_tar-bar, and this split uses "
+                         f"all {len(ds)} records of {cfg.dataset}: pass fewer --members / --nonmembers")
+    return torch.from_numpy(ds.x[rows]), torch.from_numpy(ds.y[rows])
+
+
 def stage_target(run: RunDir, cfg: Config, *, splits: Optional[Splits] = None, log: Log = print,
                  progress: bool = True) -> dict:
     """Split the data (or take ``splits``) and train the target, with the run's training defense if any."""
@@ -175,6 +187,7 @@ def stage_target(run: RunDir, cfg: Config, *, splits: Optional[Splits] = None, l
     ds = load_run_dataset(cfg)
     splits = splits or make_splits(len(ds), members=cfg.members, nonmembers=cfg.nonmembers,
                                    adversary_fraction=cfg.adversary_fraction, seed=cfg.seed)
+    reference = reference_records(defense, ds, splits, cfg)  # before anything is written: it may refuse
     run.write_json("config.json", asdict(cfg))
     run.write_json("splits.json", asdict(splits))
     name, kwargs = target_for(ds.kind, ds.x.shape[1:], ds.num_classes)
@@ -186,10 +199,6 @@ def stage_target(run: RunDir, cfg: Config, *, splits: Optional[Splits] = None, l
         model = TARGETS[name](**kwargs)
     x_in, y_in = ds.x[splits.members], ds.y[splits.members]
     x_out, y_out = ds.x[splits.nonmembers], ds.y[splits.nonmembers]
-    reference = None
-    if defense is not None and "reference" in defense.uses:
-        rows = outside_records(len(ds), splits, len(splits.members), cfg.seed)
-        reference = (torch.from_numpy(ds.x[rows]), torch.from_numpy(ds.y[rows]))
     started = time.perf_counter()
     history = train_model(model, x_in, y_in, defense=defense, reference=reference, epochs=cfg.target_epochs,
                           lr=cfg.target_lr, seed=stream_seed(cfg.seed, "target"), device=cfg.device, progress=progress)
@@ -198,8 +207,9 @@ def stage_target(run: RunDir, cfg: Config, *, splits: Optional[Splits] = None, l
         run.save_output(split, predict_proba(model, x, device=cfg.device).numpy())
         run.save_output(f"{split}_labels", y)
     meta = {"dataset": cfg.dataset, "train_accuracy": accuracy(model, x_in, y_in, device=cfg.device),
-            "test_accuracy": accuracy(model, x_out, y_out, device=cfg.device), "epochs": cfg.target_epochs,
-            "lr": cfg.target_lr, "final_loss": history["loss"][-1], "train_seconds": seconds,
+            "test_accuracy": accuracy(model, x_out, y_out, device=cfg.device),
+            "epochs": history.get("epochs_run", cfg.target_epochs), "lr": history.get("lr", cfg.target_lr),
+            "final_loss": history["loss"][-1], "train_seconds": seconds,
             "training_defense": None if defense is None else {"name": defense.name, "params": defense.params()},
             **{k: history[k] for k in ("epochs_run", "best_epoch", "epsilon", "delta", "noise_multiplier",
                                        "soft_label_confidence") if k in history}}

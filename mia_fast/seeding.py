@@ -43,11 +43,12 @@ PURPOSES = {
     "loss-curve": "the steps of the Fig. 5 loss curve",
     "hamp-inputs": "HAMP's random inputs",
     "memguard-classifier": "MemGuard's defense classifier",
-    "training-defense": "a training-time defense's own draws in the target's training",
+    "training-defense": "the defender's reference records for training defenses that use some",
     "shadow-reference": "which pool records a shadow model's training defense holds as reference data (index: k)",
     "advreg-inference": "adversarial regularization's inference model (0: initialisation, 1: its batches)",
     "dp-sgd": "DP-SGD's batch sampling (0) and noise (1)",
     "boundary-directions": "the boundary attack's random flip orders / directions (index: which set)",
+    "boundary-defended": "the deployed defense on the boundary attack's queries (index: 1000 * known + query)",
 }
 
 

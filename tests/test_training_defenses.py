@@ -83,12 +83,16 @@ def test_early_stopping_keeps_the_best_held_out_epoch(digits):
 
 
 def test_adversarial_regularization_alternates_the_min_max_game(digits, plain):
-    _, history, gap = _train(digits, "advreg", epochs=30, attack_steps=3, warmup_epochs=2, privacy_weight=3.0)
+    model, history, _ = _train(digits, "advreg", epochs=30, attack_steps=3, warmup_epochs=2, privacy_weight=3.0)
     batches_per_epoch = math.ceil(150 / 128)
     assert history["adversarial_classifier_steps"] == 28 * batches_per_epoch
     assert history["inference_steps"] == 3 * history["adversarial_classifier_steps"]
-    assert history["inference_gain"][0] == 0.0 and history["inference_gain"][-1] < 0  # mean log h, after warmup
+    assert history["inference_gain"][:2] == [0.0, 0.0] and history["inference_gain"][-1] < 0  # after warmup
     assert 0.4 < history["inference_accuracy"][-1] <= 1
+    # the privacy term keeps members from the overconfidence the inference model sees (measured: 0.90 mean
+    # confidence on training records, undefended 0.996); with the term silently off it would stay there
+    confidence = lambda m: float(predict_proba(m, digits["train"][0]).max(1).values.mean())  # noqa: E731
+    assert confidence(plain[0]) > 0.99 and confidence(model) < 0.95
 
 
 def test_dp_sgd_reports_the_epsilon_it_spent_and_at_small_epsilon_narrows_the_gap(digits, plain):
@@ -125,11 +129,12 @@ def test_hamp_training_learns_high_entropy_outputs(digits, plain):
 
 
 def test_relaxloss_holds_the_training_loss_near_alpha(digits, plain):
-    model, _, _ = _train(digits, "relaxloss", alpha=0.8, upper=1.0)
+    model, _, _ = _train(digits, "relaxloss")  # alpha 0.8, posteriors flattened to at most 0.3
     loss = lambda m: float(torch.nn.functional.cross_entropy(torch.log(predict_proba(m, digits["train"][0])),  # noqa
                                                              digits["train"][1]))
     assert loss(plain[0]) < 0.1
-    assert 0.4 < loss(model) < 1.6
+    assert 0.5 < loss(model) < 1.2  # measured 0.82
+    assert float(predict_proba(model, digits["train"][0]).max(1).values.mean()) < 0.7
 
 
 def test_train_target_with_a_training_defense_records_it_and_its_epsilon(tmp_path):
@@ -153,3 +158,21 @@ def test_train_target_with_a_training_defense_records_it_and_its_epsilon(tmp_pat
     r = CliRunner().invoke(main, ["train-target", "--run-dir", str(tmp_path / "y"), "--defense", "dropout",
                                   "--param", "p=2"])
     assert r.exit_code == 1 and "p must be in (0, 1)" in r.output and not (tmp_path / "y").exists()
+
+
+def test_a_defended_target_is_trained_once_per_base_split(tmp_path):
+    import json
+
+    from mia_fast.pipeline import Config, RunDir, defended_target, stage_target
+
+    base = RunDir(tmp_path / "run", create=True)
+    stage_target(base, Config(dataset="digits", target_epochs=2), log=lambda m: None, progress=False)
+    variant = defended_target(base, create_defense("l2"), log=lambda m: None)
+    stamp = (variant.path / "target.json").stat().st_mtime_ns
+    assert defended_target(base, create_defense("l2"), log=lambda m: None).path == variant.path
+    assert (variant.path / "target.json").stat().st_mtime_ns == stamp
+    assert variant.splits() == base.splits() and variant.config().training_defense == "l2"
+    stage_target(base, Config(dataset="digits", target_epochs=2, seed=1), log=lambda m: None, progress=False)
+    again = defended_target(base, create_defense("l2"), log=lambda m: None)  # the base run changed: retrained
+    assert (again.path / "target.json").stat().st_mtime_ns != stamp
+    assert again.splits() == base.splits() and json.loads((again.path / "config.json").read_text())["seed"] == 1

@@ -25,15 +25,22 @@ Tensor = torch.Tensor
 
 
 def boundary_distance(predict_labels: Callable[[Tensor], Tensor], x: Tensor, labels: Tensor, *, kind: str,
-                      directions: int, generator: torch.Generator, radius: float = 1.0,
-                      steps: int = 12) -> Tensor:
+                      directions: int, generator: torch.Generator, radius: float = 1.0, steps: int = 12,
+                      chunk: int = 1024) -> Tensor:
     """The label-only distance to the decision boundary per record [n] (module docstring).
     ``predict_labels`` maps inputs [m, ...] to labels [m]; ``kind`` "bitflip" or "gaussian"; ``radius``:
-    the largest radius searched (gaussian; directions have unit L2 norm)."""
-    x = x.float()
+    the largest radius searched (gaussian; directions have unit L2 norm). Records go ``chunk`` at a time
+    (the search holds ``directions`` copies of each)."""
+    if kind not in ("bitflip", "gaussian"):
+        raise ValueError(f"kind must be bitflip or gaussian, got {kind!r}")
+    return torch.cat([_distance(predict_labels, x[i:i + chunk].float(), labels[i:i + chunk].long(), kind, directions,
+                                generator, radius, steps) for i in range(0, len(x), chunk)]) if len(x) else torch.zeros(0)
+
+
+def _distance(predict_labels, x, labels, kind, directions, generator, radius, steps) -> Tensor:
     n, flat = len(x), x.reshape(len(x), -1)
     features = flat.shape[1]
-    correct = predict_labels(x) == labels.long()
+    correct = predict_labels(x) == labels
     if kind == "bitflip":
         rank = torch.rand(directions, n, features, generator=generator).argsort(-1).argsort(-1)
         low, high = torch.zeros(directions, n), torch.full((directions, n), float(features))
@@ -42,7 +49,7 @@ def boundary_distance(predict_labels: Callable[[Tensor], Tensor], x: Tensor, lab
         d = torch.randn(directions, n, features, generator=generator)
         d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         low, high = torch.zeros(directions, n), torch.full((directions, n), float(radius))
-    y = labels.long().expand(directions, n)
+    y = labels.expand(directions, n)
     for _ in range(steps):
         middle = (low + high) / 2
         if kind == "bitflip":

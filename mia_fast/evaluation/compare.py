@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..defenses import COMBINATIONS, DefenseSpec, create_defense, parse_param, parse_spec  # noqa: E402
 from ..io import atomic_path  # noqa: E402
-from ..pipeline import defended_target, defense_key  # noqa: E402
+from ..pipeline import defended_target, defense_key, reference_records  # noqa: E402
 from .battery import evaluate_defense, resolve_attacks, run_attack, run_header, summarize  # noqa: E402
 from .report import _pct, _save, html_page, html_tables, markdown_tables  # noqa: E402
 from .threat import Deployment, Options, ThreatModel  # noqa: E402
@@ -150,9 +150,11 @@ def compare_run(run_dir, defenses: Sequence, *, params: Optional[Dict[str, dict]
     options = options or Options()
     names = resolve_attacks(attacks, options)
     threat = ThreatModel(run_dir, options, log=log, progress=progress)
-    for point in chosen:  # bad names and hyperparameters fail here, before anything is trained
+    for point in chosen:  # bad names, hyperparameters and splits fail here, before anything is trained
         for name in point.spec.names:
-            create_defense(name, **point.params.get(name, {}))
+            defense = create_defense(name, **point.params.get(name, {}))
+            if defense.kind == "training":
+                reference_records(defense, threat.dataset, threat.splits, threat.cfg)
     targets = _Targets(threat)
     started = time.perf_counter()
     out = {**run_header(threat, names), "undefended": _undefended(threat, names), "defenses": {}}

@@ -154,7 +154,7 @@ def _comparison(run: RunDir, results: dict, options: Options, log: Log) -> tuple
                       options=options, log=log)
     by_name = {r["defense"]: r for r in rows(cmp)}
     paper = _paper("comparison", results["dataset"]) or {}
-    lines = ["Fig. 9 shape: MIM0 naive = fitted on undefended outputs (the paper's adversary; for a training "
+    lines = ["Fig. 9 shape: MIM0 naive = fitted on undefended outputs (the AEPPT adversary; for a training "
              "defense the target it queries is the defended one); aware = fitted on what the defense serves",
              f"{'defense':20s}{'train acc':>10s}{'test acc':>10s}{'MIM0 naive: acc / prec / recall':>34s}"
              f"{'MIM0 aware: acc / prec / recall':>34s}" + ("   paper MIM0 acc without / with" if paper else "")]

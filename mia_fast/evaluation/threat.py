@@ -389,8 +389,12 @@ class Deployment:
         when the defense keeps every label)."""
         if getattr(self.defense, "keeps_label", False):
             return self.threat.memo(("boundary", which), lambda: self.threat.boundary_distance(which))
-        index = 2 * (which == "known")
-        predict = lambda x: self.serve(self.threat.target_predict(x), "noisy-queries-defended", 4 + index)  # noqa
+        first = 1000 * (which == "known")
+        queries = iter(range(first, first + 1000))
+
+        def predict(x):  # every batch of queries gets its own draws of the defense's randomness
+            return self.serve(self.threat.target_predict(x), "boundary-defended", next(queries))
+
         return self.threat.memo(("boundary", which, self.key), lambda: self.threat.boundary_distance(which, predict))
 
     def ood_data(self) -> Records:
