@@ -51,7 +51,7 @@ def test_every_defense_is_registered_with_a_description():
         assert cls.description and cls.__doc__
 
 
-@pytest.mark.parametrize("name", sorted(DEFENSES))
+@pytest.mark.parametrize("name", defense_names("output"))
 def test_registry_entry_fits_defends_saves_and_refuses_bad_hyperparameters(name, defender_data, tmp_path):
     defense = _fitted(name, defender_data)
     probs = random_probs(64, 10, torch.Generator().manual_seed(1))
@@ -78,7 +78,7 @@ def test_registry_entry_fits_defends_saves_and_refuses_bad_hyperparameters(name,
         defense.defend(torch.full((2, 10), float("nan")))
 
 
-@pytest.mark.parametrize("name", [n for n in sorted(DEFENSES) if DEFENSES[n].keeps_label])
+@pytest.mark.parametrize("name", [n for n in defense_names("output") if DEFENSES[n].keeps_label])
 def test_label_keeping_defenses_keep_every_label(name, defender_data):
     defense = _fitted(name, defender_data)
     probs = torch.cat([random_probs(300, 10, torch.Generator().manual_seed(s), sharpness=k)
