@@ -375,9 +375,11 @@ def evaluate(run_dir, defense, params, attacks, no_adaptive, no_sweep, **kwargs)
               help="A hyperparameter of one defense, e.g. memguard.budget=0.5 (repeat).")
 @click.option("--attacks", default=None, help="Comma-separated subset of the attacks (default: all).")
 @click.option("--no-adaptive", is_flag=True, help="Skip the adaptive attacks.")
+@click.option("--fresh", is_flag=True, help="Evaluate every point again instead of reading the ones already "
+              "done (RUN/compare/) for the same attacks and options.")
 @_attacker_options
 @_one_line_errors
-def compare(run_dir, defense_list, params, attacks, no_adaptive, **kwargs):
+def compare(run_dir, defense_list, params, attacks, no_adaptive, fresh, **kwargs):
     """Run the battery against several defenses on one run and put them side by side: compare.json,
     compare.md, a self-contained compare.html and the privacy-utility figure compare.png."""
     from .evaluation.compare import compare_run, format_comparison
@@ -385,7 +387,8 @@ def compare(run_dir, defense_list, params, attacks, no_adaptive, **kwargs):
     names = [a.strip() for a in defense_list.split(",") if a.strip()]
     typed = {name: _typed(name, values) for name, values in _param_pairs(params, prefixed=True).items()}
     cmp = compare_run(run_dir, names, params=typed, attacks=_attack_names(attacks), adaptive=not no_adaptive,
-                      options=_options(kwargs), log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty())
+                      options=_options(kwargs), log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty(),
+                      fresh=fresh)
     click.echo(format_comparison(cmp))
     click.echo(f"report: {Path(run_dir) / 'compare.html'} and compare.md, figure compare.png "
                f"({cmp['seconds']:.0f} s; numbers in compare.json)")

@@ -169,6 +169,35 @@ def test_compare_trains_each_training_defense_once_and_combines_it_with_output_d
     assert (variant / "target.json").stat().st_mtime_ns == stamp  # trained once, reused
 
 
+def test_a_stopped_comparison_keeps_its_finished_points_and_evaluates_only_the_rest(run, monkeypatch):
+    from mia_fast.evaluation import compare
+    from mia_fast.evaluation.threat import Options
+
+    kwargs = dict(attacks=["gap", "confidence"], adaptive=False, options=Options(epochs=3, shadows=2), write=False)
+    evaluated, real = [], compare.evaluate_point
+
+    def stopped_at_topk(targets, point, names, **kw):
+        evaluated.append(point.label)
+        if point.label == "topk[k=2]":
+            raise KeyboardInterrupt
+        return real(targets, point, names, **kw)
+
+    monkeypatch.setattr(compare, "evaluate_point", stopped_at_topk)
+    with pytest.raises(KeyboardInterrupt):
+        compare.compare_run(run, ["rounding", "topk[k=2]"], **kwargs)
+    assert evaluated == ["rounding", "topk[k=2]"] and len(list((run / "compare").glob("rounding-*.json"))) == 1
+    monkeypatch.setattr(compare, "evaluate_point", lambda *a, **kw: (evaluated.append(a[1].label), real(*a, **kw))[1])
+    first = compare.compare_run(run, ["rounding", "topk[k=2]"], **kwargs)
+    assert evaluated[2:] == ["topk[k=2]"]  # rounding read back, not evaluated again
+    again = compare.compare_run(run, ["rounding", "topk[k=2]"], **kwargs)
+    assert evaluated[2:] == ["topk[k=2]"] and again["defenses"] == first["defenses"]
+    assert again["undefended"] == first["undefended"]
+    compare.compare_run(run, ["rounding"], **{**kwargs, "attacks": ["gap"]})  # other attacks: another result
+    compare.compare_run(run, ["rounding"], **kwargs, fresh=True)
+    assert evaluated[3:] == ["rounding", "rounding"]
+    assert first["defenses"]["topk[k=2]"]["defense"]["params"] == {"k": 2, "renormalize": True}
+
+
 @pytest.mark.parametrize("spec, message", [("dropout+l2", "at most one training defense"),
                                            ("aeppt+memguard", "at most one output defense"),
                                            ("dropuot", "unknown defense 'dropuot'")])

@@ -5,16 +5,20 @@ A point of the comparison is an output defense, a training defense, or one of ea
 once (shadow models cached in the run directory). A training defense's target is trained once on the
 run's splits and kept in targets/NAME-HASH/ with its own shadow models, which the attacker trains with
 the same defense: every attack on it is defense-aware. An output defense is deployed (cached in
-defenses/) and attacked naively and defense-aware. Writes compare.json, compare.md, a self-contained
+defenses/) and attacked naively and defense-aware. Each point's result is kept in compare/ as soon as it
+is done (keyed by the point, the attacks, the attacker's options and the run's fingerprint), so a
+comparison that is stopped, or rerun with more points, evaluates only what it has not. Writes compare.json, compare.md, a self-contained
 compare.html and the privacy-utility figure compare.png, with the gap floors drawn: no output defense
 that keeps the labels can take an attacker below its target's floor 0.5 + (train - test) / 2; only
 training lowers it.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -25,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..defenses import COMBINATIONS, DefenseSpec, create_defense, parse_param, parse_spec  # noqa: E402
 from ..io import atomic_path  # noqa: E402
+from ..version import __version__  # noqa: E402
 from ..pipeline import defended_target, defense_key, reference_records  # noqa: E402
 from .battery import evaluate_defense, resolve_attacks, run_attack, run_header, summarize  # noqa: E402
 from .report import _pct, _save, html_page, html_tables, markdown_tables  # noqa: E402
@@ -140,12 +145,39 @@ def evaluate_point(targets: _Targets, point: Point, names, *, adaptive: bool = T
     return ev
 
 
+class _Results:
+    """Finished points of a comparison in RUN/compare/, one JSON file each, written atomically. A result is
+    reused only for the same point, attacks, attacker options, mia-fast version and run fingerprint."""
+
+    def __init__(self, threat: ThreatModel, names, adaptive: bool, fresh: bool):
+        self.folder, self.log, self.fresh = threat.run.path / "compare", threat.log, fresh
+        self.context = {"attacks": list(names), "adaptive": adaptive, "options": asdict(threat.opt),
+                        "version": __version__, "run_fingerprint": threat.run.fingerprint()}
+
+    def __call__(self, label: str, params: dict, compute: Callable[[], dict]) -> dict:
+        key = {"point": label, "params": params, **self.context}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        path = self.folder / f"{''.join(c if c.isalnum() or c in '-+' else '_' for c in label)}-{digest}.json"
+        if path.is_file() and not self.fresh:
+            self.log(f"{label}: result from {path}")
+            return json.loads(path.read_text())["result"]
+        started = time.perf_counter()
+        result = compute()
+        result["seconds"] = time.perf_counter() - started
+        self.folder.mkdir(exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({"key": key, "result": result}, indent=1, sort_keys=True, default=str))
+        self.log(f"{label}: {result['seconds']:.0f} s")
+        return json.loads(path.read_text())["result"]
+
+
 def compare_run(run_dir, defenses: Sequence, *, params: Optional[Dict[str, dict]] = None, attacks=None,
                 adaptive: bool = True, options: Optional[Options] = None, log: Optional[Callable[[str], None]] = None,
-                progress: bool = False, write: bool = True) -> dict:
+                progress: bool = False, write: bool = True, fresh: bool = False) -> dict:
     """Evaluate every defense or combination in ``defenses`` (spec texts, see `points`; ``params``:
     {defense name: hyperparameters}) on the run and write the comparison files there (unless ``write``
-    is False). Returns the comparison (what compare.json holds)."""
+    is False). Points already evaluated with the same attacks and options are read from RUN/compare/
+    (``fresh``: evaluate them again). Returns the comparison (what compare.json holds)."""
     chosen = points(defenses, params)
     options = options or Options()
     names = resolve_attacks(attacks, options)
@@ -155,16 +187,15 @@ def compare_run(run_dir, defenses: Sequence, *, params: Optional[Dict[str, dict]
             defense = create_defense(name, **point.params.get(name, {}))
             if defense.kind == "training":
                 reference_records(defense, threat.dataset, threat.splits, threat.cfg)
-    targets = _Targets(threat)
+    targets, results = _Targets(threat), _Results(threat, names, adaptive, fresh)
     started = time.perf_counter()
-    out = {**run_header(threat, names), "undefended": _undefended(threat, names), "defenses": {}}
+    out = {**run_header(threat, names), "undefended": results("none", {}, lambda: _undefended(threat, names)),
+           "defenses": {}}
     if threat.cfg.training_defense is not None:
         out["undefended"]["training"] = {"name": threat.cfg.training_defense, "params": threat.cfg.training_params}
     for point in chosen:
-        t0 = time.perf_counter()
-        out["defenses"][point.label] = evaluate_point(targets, point, names, adaptive=adaptive)
-        out["defenses"][point.label]["seconds"] = time.perf_counter() - t0
-        threat.log(f"{point.label}: {time.perf_counter() - t0:.0f} s")
+        out["defenses"][point.label] = results(point.label, point.params,
+                                               lambda: evaluate_point(targets, point, names, adaptive=adaptive))
     out["seconds"] = time.perf_counter() - started
     if write:
         threat.run.write_json("compare.json", out)
