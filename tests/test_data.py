@@ -165,6 +165,63 @@ def test_wrong_column_count_is_a_clear_error(tmp_path):
         load_dataset("location30", tmp_path)
 
 
+def test_ragged_or_non_numeric_rows_name_the_lines(tmp_path):
+    text = "1," + ",".join(["0"] * 600) + "\n" + "2," + ",".join(["1"] * 599) + "\n"
+    (tmp_path / "dataset_purchase").write_text(text)
+    with pytest.raises(InputError, match="dataset_purchase: not a numeric CSV in lines 1-2"):
+        load_dataset("purchase100", tmp_path)
+    (tmp_path / "dataset_purchase").write_text("1," + ",".join(["x"] * 600) + "\n")
+    with pytest.raises(InputError, match="not a numeric CSV in lines 1-1"):
+        load_dataset("purchase100", tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["binary", "integers", "quoted", "floats", "blank-lines", "crlf"])
+def test_csv_rows_equal_numpys_reader(kind, monkeypatch):
+    """The integer fast path and numpy's reader give the same rows, chunk boundaries included."""
+    from mia_fast.data import formats
+
+    monkeypatch.setattr(formats, "CHUNK_BYTES", 1 << 16)
+    rng = np.random.default_rng(6)
+    table = rng.integers(0, 2 if kind == "binary" else 10 ** 7, (6000, 40)).astype(np.float64)
+    if kind == "floats":
+        table = table / 7 - 3
+    cells = [[f'"{int(v)}"' if kind == "quoted" and j == 0 else (str(float(v)) if kind == "floats" else str(int(v)))
+              for j, v in enumerate(row)] for row in table]
+    end = "\r\n" if kind == "crlf" else "\n"
+    text = end.join(",".join(row) + (end if kind == "blank-lines" and i % 50 == 0 else "") for i, row in
+                    enumerate(cells))
+    rows = formats.read_csv_rows(io.BytesIO(text.encode()), "t")  # no newline at the end, several chunks
+    assert len(text) > 4 * formats.CHUNK_BYTES
+    assert rows.dtype == np.float32 and rows.shape == table.shape
+    np.testing.assert_allclose(rows, table, rtol=1e-7 if kind == "floats" else 0)
+
+
+def test_texas_format_loads_in_bounded_memory(tmp_path):
+    """A new user's Texas-100 file: 1,200 rows x 6,169 binary features, more than one parse chunk. Peak
+    memory while loading stays <= 3x the final float32 array (numpy reports its buffers to tracemalloc;
+    parsing each value into a Python float, as an earlier loader did, takes ~30x)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    rows, feats = 1200, 6169
+    base = tmp_path / "texas" / "100"
+    base.mkdir(parents=True)
+    with open(base / "feats", "w") as f:
+        for _ in range(rows // 100):
+            block = rng.integers(0, 2, (100, feats))
+            f.write("\n".join(",".join("01"[v] for v in row) for row in block) + "\n")
+    (base / "labels").write_text("\n".join(str(v) for v in rng.integers(1, 101, rows)) + "\n")
+    assert (base / "feats").stat().st_size > 8 * (1 << 20)  # 14 MB of text: several chunks
+    tracemalloc.start()
+    try:
+        ds = load_dataset("texas100", tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert ds.x.shape == (rows, feats) and ds.x.dtype == np.float32 and set(np.unique(ds.x)) == {0.0, 1.0}
+    assert peak <= 3 * ds.x.nbytes, f"peak {peak / 2**20:.0f} MiB for a {ds.x.nbytes / 2**20:.0f} MiB array"
+
+
 def test_missing_files_name_the_expected_paths(tmp_path):
     with pytest.raises(DatasetNotFound, match="purchase100: none of dataset_purchase, dataset_purchase.tgz, purchase100.npz found in"):
         load_dataset("purchase100", tmp_path)

@@ -166,8 +166,12 @@ def _purchase_read(how: str, where: Path):
         y = y.argmax(1) + 1 if y.ndim == 2 else y + 1
         return x, y.astype(np.int64)
     member = "dataset_purchase"
-    return _cached(where, member, lambda: formats.read_label_csv(
-        where.read_text() if how == "csv" else formats.read_member(where, member).decode(), str(where), 600))
+    return _cached(where, member, lambda: _label_csv(where, None if how == "csv" else member, 600))
+
+
+def _label_csv(source: Path, member: Optional[str], features: int):
+    with formats.open_source(source, member) as stream:
+        return formats.read_label_csv(stream, str(source), features)
 
 
 def _texas_find(d: Path):
@@ -181,14 +185,12 @@ def _texas_find(d: Path):
 
 def _texas_read(how: str, where: Path):
     def parse():
-        if how == "dir":
-            feats, labels = (where / "feats").read_text(), (where / "labels").read_text()
-        else:
-            feats = formats.read_member(where, "texas/100/feats").decode()
-            labels = formats.read_member(where, "texas/100/labels").decode()
-        x = np.array([[float(v) for v in line.split(",")] for line in feats.splitlines() if line.strip()],
-                     dtype=np.float32)
-        y = np.array([int(float(v)) for v in labels.split()], dtype=np.int64)
+        parts = [(where / "feats", None), (where / "labels", None)] if how == "dir" else \
+            [(where, "texas/100/feats"), (where, "texas/100/labels")]
+        with formats.open_source(*parts[0]) as feats:
+            x = formats.read_csv_rows(feats, f"{where} (feats)")
+        with formats.open_source(*parts[1]) as labels:
+            y = formats.read_csv_rows(labels, f"{where} (labels)").reshape(-1).astype(np.int64)
         if len(x) != len(y):
             raise InputError(f"{where}: {len(x)} feature rows but {len(y)} labels")
         return x, y
@@ -205,8 +207,7 @@ def _location_find(d: Path):
 
 
 def _location_read(how: str, where: Path):
-    return _cached(where, "bangkok", lambda: formats.read_label_csv(
-        where.read_text() if how == "csv" else formats.read_member(where, "bangkok").decode(), str(where), 446))
+    return _cached(where, "bangkok", lambda: _label_csv(where, None if how == "csv" else "bangkok", 446))
 
 
 def _digits_read(how: str, where):
