@@ -74,7 +74,10 @@ setup(
     ext_modules=_extensions(),
     cmdclass={"build_ext": _build_ext()},
     python_requires=">=3.9",
-    install_requires=["torch>=2.4", "numpy", "click>=8", "tqdm", "scikit-learn", "matplotlib",
+    # torch >= 2.10: earlier weights_only loaders (used for .pt checkpoints mia-fast wrote before it moved
+    # to safetensors, and .pt prediction files) can be made to run code (GHSA-53q9-r3pm-6pq6, fixed in
+    # 2.6) or corrupt memory (GHSA-63cw-57p8-fm3p, fixed in 2.10).
+    install_requires=["torch>=2.10", "numpy", "click>=8", "tqdm", "scikit-learn", "matplotlib", "safetensors>=0.4",
                       "opacus==1.6.0"],  # DP-SGD; 1.6.0 is tested with the torch 2.13.0 CPU build
     extras_require={"test": ["pytest", "pytest-benchmark"]},
     entry_points={"console_scripts": ["mia-fast=mia_fast.cli:main"]},

@@ -12,7 +12,7 @@ import click
 import torch
 
 from .attacks.registry import ATTACKS
-from .checkpoint import data_hash, load_substitute, save_substitute
+from .checkpoint import SUFFIX, checkpoint_file, data_hash, load_substitute, save_substitute
 from .data import DATASETS, describe
 from .defenses import AEPPT, COMBINATIONS, create_defense, defense_names, describe_defenses, load_defense, parse_param
 from .errors import InputError, MiaFastError
@@ -83,7 +83,7 @@ def defenses_cmd():
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A hyperparameter of the defense (repeat).")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False),
               help="A run directory: fit what the defense needs there (cached); AEPPT takes the run's MIM and eps.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="A fitted defense (a run's defenses/*/defense.pt).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="A fitted defense (a run's defenses/*/defense.safetensors).")
 @click.option("--mim", type=click.Path(dir_okay=False), help="AEPPT: substitute MIM checkpoint (train-substitute).")
 @click.option("--eps", type=float, help="AEPPT: step size (paper: 9e-4 CIFAR-100, 2e-5 Purchase-100); default: RUN's.")
 @click.option("--iters", type=click.IntRange(min=0), help="AEPPT: iterations T (default 100, or RUN's).")
@@ -127,7 +127,7 @@ def defend(predictions, defense, params, run_dir, checkpoint, mim, eps, iters, b
     elif (defense or "aeppt") == "aeppt":
         run = RunDir(run_dir) if run_dir is not None else None
         given = {**(AEPPT.run_defaults(run.config().resolved()) if run else {}), **given}
-        mim = mim or (run.path / "substitute.pt" if run else None)
+        mim = mim or (checkpoint_file(run.path, "substitute") if run else None)
         if mim is None or given.get("eps") is None:
             raise InputError("defend needs --mim and --eps, or --run RUN_DIR to take them from a run")
         if given["eps"] < 0:
@@ -163,7 +163,7 @@ def _labels(path, what):
 @click.option("--member-labels", required=True, type=click.Path(dir_okay=False), help="True labels of members [N].")
 @click.option("--nonmembers", required=True, type=click.Path(dir_okay=False), help="Target outputs on non-members [M, C].")
 @click.option("--nonmember-labels", required=True, type=click.Path(dir_okay=False), help="True labels of non-members [M].")
-@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.pt).")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.safetensors).")
 @click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=1e-3, show_default=True, type=float)
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1))
@@ -187,8 +187,8 @@ def train_substitute_cmd(members, member_labels, nonmembers, nonmember_labels, o
             "members": len(arrays[0]), "nonmembers": len(arrays[1]),
             "training_data_sha256": data_hash([arrays[0], m_lab, arrays[1], n_lab]),
             "train_accuracy": history["train_accuracy"], "final_loss": history["loss"][-1]}
-    if Path(out).suffix.lower() != ".pt":
-        raise InputError(f"--out {out}: checkpoints are written as .pt")
+    if Path(out).suffix.lower() != SUFFIX:
+        raise InputError(f"--out {out}: checkpoints are written as {SUFFIX} files")
     save_substitute(out, model, meta)
     click.echo(f"substitute MIM ({model.num_classes} classes) trained on {meta['members']} members and "
                f"{meta['nonmembers']} non-members: train accuracy {history['train_accuracy']:.1%} -> {out}")
@@ -278,7 +278,7 @@ def train_target_cmd(run_dir, force, defense, params, **kwargs):
     fresh = not path.exists()
     try:
         stage_target(RunDir(path, create=True), cfg, log=click.echo, progress=sys.stderr.isatty())
-    except Exception:
+    except BaseException:  # an error or Ctrl-C
         if fresh:  # nothing half-made is left behind
             shutil.rmtree(path, ignore_errors=True)
         raise

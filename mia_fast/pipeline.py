@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .checkpoint import data_hash, load_model, save_model, save_substitute, load_substitute
+from .checkpoint import SUFFIX, checkpoint_file, data_hash, load_model, load_substitute, save_model, save_substitute
 from .data import load_dataset, make_splits
 from .data.splits import Splits
 from .defenses import AEPPT, DEFENSES, OutputDefense, TrainingDefense, create_defense, load_defense
@@ -188,6 +188,9 @@ def stage_target(run: RunDir, cfg: Config, *, splits: Optional[Splits] = None, l
     splits = splits or make_splits(len(ds), members=cfg.members, nonmembers=cfg.nonmembers,
                                    adversary_fraction=cfg.adversary_fraction, seed=cfg.seed)
     reference = reference_records(defense, ds, splits, cfg)  # before anything is written: it may refuse
+    for stale in ("target.pt", f"target{SUFFIX}", *(f"outputs/{s}{e}.npy" for s in ("members", "nonmembers")
+                                                   for e in ("", "_labels"))):
+        (run.path / stale).unlink(missing_ok=True)  # a retraining that fails leaves no target of other splits
     run.write_json("config.json", asdict(cfg))
     run.write_json("splits.json", asdict(splits))
     name, kwargs = target_for(ds.kind, ds.x.shape[1:], ds.num_classes)
@@ -211,11 +214,11 @@ def stage_target(run: RunDir, cfg: Config, *, splits: Optional[Splits] = None, l
             "epochs": history.get("epochs_run", cfg.target_epochs), "lr": history.get("lr", cfg.target_lr),
             "final_loss": history["loss"][-1], "train_seconds": seconds,
             "training_defense": None if defense is None else {"name": defense.name, "params": defense.params()},
-            **{k: history[k] for k in ("epochs_run", "best_epoch", "epsilon", "delta", "noise_multiplier",
-                                       "soft_label_confidence") if k in history}}
+            **{k: history[k] for k in ("epochs_run", "best_epoch", "epsilon", "epsilon_holds", "delta",
+                                       "noise_multiplier", "soft_label_confidence") if k in history}}
     if reference is not None:
         meta["reference_records"] = len(reference[1])
-    save_model(run.path / "target.pt", "target", model.cpu(), {"name": name, **kwargs}, meta)
+    save_model(run.path / f"target{SUFFIX}", "target", model.cpu(), {"name": name, **kwargs}, meta)
     log(f"target: train accuracy {meta['train_accuracy']:.1%}, test accuracy {meta['test_accuracy']:.1%}"
         + (f", epsilon {meta['epsilon']:.2f}" if "epsilon" in meta else "") + f" ({seconds:.0f} s)")
     return meta
@@ -223,7 +226,7 @@ def stage_target(run: RunDir, cfg: Config, *, splits: Optional[Splits] = None, l
 
 def defended_target(run: RunDir, defense: TrainingDefense, *, log: Log = print, progress: bool = False) -> RunDir:
     """The run's target trained again with a training ``defense`` on the same splits, as a run directory of
-    its own in targets/NAME-HASH/ (config.json, splits.json, target.pt, outputs/, target.json written last),
+    its own in targets/NAME-HASH/ (config.json, splits.json, target.safetensors, outputs/, target.json written last),
     where its shadow models and deployed output defenses are cached too. Trained once: a folder made for
     this run's splits and config is reused."""
     folder = run.path / "targets" / defense_key(defense)
@@ -248,7 +251,7 @@ def stage_substitute(run: RunDir, cfg: Config, *, log: Log = print, progress: bo
                                       device=cfg.device, progress=progress)
     meta = {"train_accuracy": history["train_accuracy"], "epochs": cfg.mim_epochs,
             "training_data_sha256": data_hash([m, ml, n, nl])}
-    save_substitute(run.path / "substitute.pt", model, meta)
+    save_substitute(run.path / f"substitute{SUFFIX}", model, meta)
     log(f"substitute MIM: train accuracy {meta['train_accuracy']:.1%}")
     return meta
 
@@ -274,7 +277,7 @@ def stage_attack(run: RunDir, cfg: Config, *, log: Log = print, progress: bool =
     mim0, history = train_substitute(m, ml, n, nl, epochs=cfg.mim_epochs, seed=seed, device=cfg.device,
                                      progress=progress, model=mim0, desc="adversary MIM0")
     meta = {"train_accuracy": history["train_accuracy"], "epochs": cfg.mim_epochs}
-    save_model(run.path / "mim0.pt", "attack-mim", mim0, mim0.architecture(), meta)
+    save_model(run.path / f"mim0{SUFFIX}", "attack-mim", mim0, mim0.architecture(), meta)
     log(f"adversary MIM0: train accuracy {meta['train_accuracy']:.1%}")
     return meta
 
@@ -306,7 +309,7 @@ def defense_key(defense) -> str:
 def _defender_inputs(cfg: Config, run: RunDir):
     """The target model and the features of D_tar, for defenses that query the target."""
     ds = load_run_dataset(cfg)
-    return load_model(run.path / "target.pt", "target")[0], torch.from_numpy(ds.x[run.splits().members])
+    return load_model(checkpoint_file(run.path, "target"), "target")[0], torch.from_numpy(ds.x[run.splits().members])
 
 
 def deploy_defense(run: RunDir, defense: OutputDefense, *, refresh: bool = False, log: Log = print,
@@ -329,7 +332,7 @@ def deploy_defense(run: RunDir, defense: OutputDefense, *, refresh: bool = False
         if summary.get("run_fingerprint") == fingerprint:
             served = {s: torch.from_numpy(np.load(folder / f"{s}.npy", allow_pickle=False))
                       for s in ("members", "nonmembers")}
-            return load_defense(folder / "defense.pt"), served, summary
+            return load_defense(checkpoint_file(folder, "defense")), served, summary
     folder.mkdir(parents=True, exist_ok=True)
     summary_path.unlink(missing_ok=True)  # until the new summary is written, the folder is not a cache
     raw = {s: run.output(s) for s in ("members", "nonmembers")}
@@ -363,7 +366,7 @@ def deploy_defense(run: RunDir, defense: OutputDefense, *, refresh: bool = False
                                    for k in stats["members"] if k.endswith("_rate")}},
                "defense": {"predictions": n_total, "seconds": seconds,
                            "predictions_per_s": n_total / seconds if seconds > 0 else float("inf"), "device": cfg.device}}
-    defense.save(folder / "defense.pt", meta={"run": str(run.path), "key": folder.name})
+    defense.save(folder / f"defense{SUFFIX}", meta={"run": str(run.path), "key": folder.name})
     for split in served:
         save_array(folder / f"{split}.npy", served[split].numpy())
     with atomic_path(summary_path) as tmp:
@@ -375,8 +378,8 @@ def stage_defend(run: RunDir, cfg: Config, *, log: Log = print) -> dict:
     """AEPPT with the run's substitute MIM on every output (`deploy_defense`), and the run's MIM0 on the
     scored records without and with it."""
     cfg = cfg.resolved()
-    substitute, _ = load_substitute(run.path / "substitute.pt")
-    mim0, _ = load_model(run.path / "mim0.pt", "attack-mim")
+    substitute, _ = load_substitute(checkpoint_file(run.path, "substitute"))
+    mim0, _ = load_model(checkpoint_file(run.path, "mim0"), "attack-mim")
     defense = AEPPT.from_substitute(substitute, **AEPPT.run_defaults(cfg))
     _, served, summary = deploy_defense(run, defense, refresh=True, log=log)
     s = run.splits()

@@ -48,7 +48,8 @@ PURPOSES = {
     "advreg-inference": "adversarial regularization's inference model (0: initialisation, 1: its batches)",
     "dp-sgd": "DP-SGD's batch sampling (0) and noise (1)",
     "boundary-directions": "the boundary attack's random flip orders / directions (index: which set)",
-    "boundary-defended": "the deployed defense on the boundary attack's queries (index: 1000 * known + query)",
+    "boundary-defended": "the deployed defense on the boundary attack's queries (index: 2 * query + known)",
+    "training-randomness": "randomness inside a model while it trains (dropout masks), seeded from its seed",
 }
 
 

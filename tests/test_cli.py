@@ -23,13 +23,13 @@ def files(tmp_path_factory):
                                        "--member-labels", str(d / "member_labels.npy"),
                                        "--nonmembers", str(d / "nonmembers.npy"),
                                        "--nonmember-labels", str(d / "nonmember_labels.pt"),
-                                       "--out", str(d / "mim.pt"), "--epochs", "5"])
+                                       "--out", str(d / "mim.safetensors"), "--epochs", "5"])
     assert result.exit_code == 0, result.output
     return d
 
 
 def _defend(files, predictions, out, *extra):
-    return CliRunner().invoke(main, ["defend", "-p", str(predictions), "--mim", str(files / "mim.pt"), "--eps", "1e-3",
+    return CliRunner().invoke(main, ["defend", "-p", str(predictions), "--mim", str(files / "mim.safetensors"), "--eps", "1e-3",
                                      "--iters", "20", "--batch", "64", "--out", str(out), *extra])
 
 
@@ -106,7 +106,9 @@ def test_bad_checkpoints_are_refused(files):
     (files / "bad.pt").write_bytes(b"junk")
     with open(files / "evil.pt", "wb") as f:
         pickle.dump([print], f)
-    for ckpt, match in [("bad.pt", "not a loadable"), ("evil.pt", "not a loadable"), ("none.pt", "no such file")]:
+    (files / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    for ckpt, match in [("bad.pt", "not a mia-fast checkpoint"), ("evil.pt", "not a mia-fast checkpoint"),
+                        ("bad.safetensors", "not a mia-fast checkpoint"), ("none.pt", "no such file")]:
         result = CliRunner().invoke(main, ["defend", "-p", str(files / "nonmembers.npy"), "--mim", str(files / ckpt),
                                            "--eps", "1e-3", "--out", str(files / "x.npy")])
         assert result.exit_code != 0 and match in result.output and "Traceback" not in result.output

@@ -60,7 +60,7 @@ def test_compare_puts_every_output_defense_side_by_side(run):
     assert label_only["defense"]["perturbation"]["label_flips"] == 0
     # every deployed defense is cached in the run, and so are the shadow models
     assert len(list((run / "defenses").glob("*/summary.json"))) == len(defense_names("output"))
-    assert len(list((run / "shadows").glob("*/model-*.pt"))) == 2
+    assert len(list((run / "shadows").glob("*/model-*.safetensors"))) == 2
 
 
 def test_compare_refuses_unknown_defenses_and_stray_params(run):
@@ -95,7 +95,7 @@ def test_defend_runs_any_output_defense(run, tmp_path):
                                   "bank_size=300", "--run", str(run), "--out", str(hamp)])
     assert r.exit_code == 0, r.output
     assert np.array_equal(np.load(hamp).argmax(1), probs.argmax(1).numpy())
-    saved = next((run / "defenses").glob("hamp-output-*/defense.pt"))
+    saved = next((run / "defenses").glob("hamp-output-*/defense.safetensors"))
     again = tmp_path / "again.npy"
     r = CliRunner().invoke(main, ["defend", "-p", str(tmp_path / "p.npy"), "--checkpoint", str(saved), "--out",
                                   str(again)])

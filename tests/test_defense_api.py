@@ -1,4 +1,5 @@
 """The Python API: aeppt(), AEPPTDefense, training, checkpoints, validation, torch.compile."""
+import json
 import pickle
 
 import pytest
@@ -77,7 +78,7 @@ def test_bad_inputs_are_rejected_clearly(trained_mim, bad, match):
 
 def test_checkpoint_roundtrip_and_refusals(trained_mim, tmp_path):
     model, _ = trained_mim
-    path = tmp_path / "mim.pt"
+    path = tmp_path / "mim.safetensors"
     save_substitute(path, model, {"note": "test"})
     loaded, payload = load_substitute(path)
     probs = random_probs(4, 10, torch.Generator().manual_seed(2))
@@ -86,15 +87,37 @@ def test_checkpoint_roundtrip_and_refusals(trained_mim, tmp_path):
     with pytest.raises(CheckpointError, match="no such file"):
         load_substitute(tmp_path / "missing.pt")
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a loadable"):
+    with pytest.raises(CheckpointError, match="not a mia-fast checkpoint"):
         load_substitute(tmp_path / "corrupt.pt")
     with open(tmp_path / "evil.pt", "wb") as f:
         pickle.dump({"format": "mia-fast/checkpoint/v1", "kind": "substitute-mim", "x": Exploit()}, f)
-    with pytest.raises(CheckpointError, match="not a loadable"):
+    with pytest.raises(CheckpointError, match="not a mia-fast checkpoint"):
         load_substitute(tmp_path / "evil.pt")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a mia-fast substitute-MIM checkpoint"):
         load_substitute(tmp_path / "other.pt")
+
+
+def test_checkpoints_are_plain_safetensors_and_earlier_pt_ones_still_load(trained_mim, tmp_path):
+    from safetensors import safe_open
+
+    from mia_fast.checkpoint import checkpoint_file, load_payload
+
+    model, _ = trained_mim
+    save_substitute(tmp_path / "substitute.safetensors", model, {"note": "test"})
+    with safe_open(str(tmp_path / "substitute.safetensors"), framework="pt") as f:  # any safetensors reader
+        header = json.loads(f.metadata()["mia-fast"])
+        assert header["kind"] == "substitute-mim" and header["meta"] == {"note": "test"}
+        assert set(f.keys()) == {f"state/{k}" for k in model.state_dict()}
+    legacy = tmp_path / "old"
+    legacy.mkdir()
+    torch.save(load_payload(tmp_path / "substitute.safetensors", "substitute-mim"), legacy / "substitute.pt")
+    assert checkpoint_file(legacy, "substitute") == legacy / "substitute.pt"  # a run an earlier mia-fast wrote
+    probs = random_probs(4, 10, torch.Generator().manual_seed(2))
+    again, _ = load_substitute(checkpoint_file(legacy, "substitute"))
+    torch.testing.assert_close(again(probs, probs.argmax(1)), model(probs, probs.argmax(1)))
+    save_substitute(legacy / "substitute.safetensors", model, {})
+    assert checkpoint_file(legacy, "substitute") == legacy / "substitute.safetensors"
 
 
 class Exploit:

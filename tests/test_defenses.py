@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from mia_fast import aeppt, train_substitute
+from mia_fast.checkpoint import load_payload
 from mia_fast.defenses import (AEPPT, DEFENSES, HAMPOutput, MemGuard, create_defense, defense_names, load_defense,
                                parse_param)
 from mia_fast.defenses.output.hamp_output import random_inputs
@@ -63,8 +64,8 @@ def test_registry_entry_fits_defends_saves_and_refuses_bad_hyperparameters(name,
     assert res.summary()["n"] == 64 and res.summary()["label_flips"] == int((out.argmax(1) != probs.argmax(1)).sum())
     assert repr(defense).startswith(type(defense).__name__ + "(")
     # a saved defense is the same defense: same answers for the same generator
-    defense.save(tmp_path / "d.pt")
-    again = load_defense(tmp_path / "d.pt")
+    defense.save(tmp_path / "d.safetensors")
+    again = load_defense(tmp_path / "d.safetensors")
     assert again.params() == defense.params()
     assert torch.equal(again.defend(probs, generator=torch.Generator().manual_seed(2)).defended, out)
     # deterministic defenses answer the same every time; randomized ones differ across generators
@@ -196,15 +197,18 @@ def test_randomized_defenses_give_the_same_answers_on_every_device(device, defen
 def test_defense_checkpoints_load_safely(tmp_path, defender_data):
     with open(tmp_path / "evil.pt", "wb") as f:
         pickle.dump([print], f)
-    with pytest.raises(CheckpointError, match="not a loadable weights-only checkpoint"):
+    with pytest.raises(CheckpointError, match="not a mia-fast checkpoint"):
         load_defense(tmp_path / "evil.pt")
     d = _fitted("hamp-output", defender_data)
-    d.save(tmp_path / "ok.pt")
-    payload = torch.load(tmp_path / "ok.pt", weights_only=True)
+    d.save(tmp_path / "ok.safetensors")
+    payload = load_payload(tmp_path / "ok.safetensors", "output-defense")
+    assert torch.equal(payload["state_dict"]["bank"], d.bank)
+    torch.save(payload, tmp_path / "legacy.pt")  # what mia-fast wrote before safetensors still loads
+    assert torch.equal(load_defense(tmp_path / "legacy.pt").bank, d.bank)
     payload["architecture"]["params"] = {"bank_size": -3}
     torch.save(payload, tmp_path / "tampered.pt")
     with pytest.raises(CheckpointError, match="not a usable defense \\(hamp-output: bank_size must be > 0"):
         load_defense(tmp_path / "tampered.pt")
     with pytest.raises(CheckpointError, match="no such file"):
         load_defense(tmp_path / "absent.pt")
-    assert isinstance(load_defense(tmp_path / "ok.pt"), HAMPOutput)
+    assert isinstance(load_defense(tmp_path / "ok.safetensors"), HAMPOutput)

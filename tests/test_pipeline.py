@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from mia_fast.cli import main
 from mia_fast.attacks import ATTACKS, attack_names
+from mia_fast.checkpoint import load_payload
 from mia_fast.evaluation.battery import ADAPTIVE, evaluate_run
 from mia_fast.evaluation.threat import Options, ThreatModel
 from mia_fast.pipeline import Config, RunDir, format_results, run_demo
@@ -23,8 +24,8 @@ def test_demo_on_the_embedded_dataset_writes_a_complete_run(tmp_path):
     run = tmp_path / "run"
     results = json.loads((run / "results.json").read_text())
     deployed = f"defenses/{results['defense_key']}"
-    for name in ["config.json", "splits.json", "target.pt", "substitute.pt", "mim0.pt", "results.json",
-                 "outputs/members.npy", f"{deployed}/nonmembers.npy", f"{deployed}/defense.pt"]:
+    for name in ["config.json", "splits.json", "target.safetensors", "substitute.safetensors", "mim0.safetensors",
+                 "results.json", "outputs/members.npy", f"{deployed}/nonmembers.npy", f"{deployed}/defense.safetensors"]:
         assert (run / name).is_file(), name
     assert results["dataset"] == "digits" and results["eps"] == 2e-3
     # The defense leaves the target's accuracy alone (label flips are rare) and perturbs every output.
@@ -126,12 +127,12 @@ def test_stage_commands_share_a_run_directory(tmp_path):
     assert r.exit_code == 0, r.output
     assert json.loads((run / "config.json").read_text())["members"] == 300
     r = CliRunner().invoke(main, ["train-attack", "--run-dir", str(run)])
-    assert r.exit_code == 0 and (run / "mim0.pt").is_file(), r.output
+    assert r.exit_code == 0 and (run / "mim0.safetensors").is_file(), r.output
     r = CliRunner().invoke(main, ["train-attack", "--run-dir", str(tmp_path / "none")])
     assert r.exit_code != 0 and "no config.json" in r.output
     r = CliRunner().invoke(main, ["defend", "--run", str(run), "-p", str(run / "outputs/nonmembers.npy"),
                                   "--out", str(tmp_path / "adv.npy")])
-    assert r.exit_code != 0 and "substitute.pt: no such file" in r.output
+    assert r.exit_code != 0 and "substitute.safetensors: no such file" in r.output
 
 
 def test_image_datasets_train_the_cnn_target(tmp_path, monkeypatch):
@@ -148,7 +149,7 @@ def test_image_datasets_train_the_cnn_target(tmp_path, monkeypatch):
     r = run_demo(Config(dataset="mnist", data_dir=str(tmp_path), members=30, nonmembers=30, target_epochs=3,
                         mim_epochs=3, iters=10), tmp_path / "run", log=lambda m: None, progress=False)
     assert RunDir(tmp_path / "run").config().dataset == "mnist"
-    payload = __import__("torch").load(tmp_path / "run" / "target.pt", weights_only=True)
+    payload = load_payload(tmp_path / "run" / "target.safetensors", "target")
     assert payload["architecture"]["name"] == "smallcnn28"
     assert r["mim0"]["with"]["members"] == 15 and r["perturbation"]["mean_l1"] > 0
 

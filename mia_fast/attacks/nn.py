@@ -90,7 +90,7 @@ class NNAttack(Attack):
 
     @classmethod
     def from_model(cls, model: nn.Module, kind: str = "mim0") -> "NNAttack":
-        """An attack around an already trained membership model (e.g. a run's mim0.pt)."""
+        """An attack around an already trained membership model (e.g. a run's mim0.safetensors)."""
         attack = cls(kind)
         attack._model = model.eval()
         return attack

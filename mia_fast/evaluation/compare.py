@@ -99,7 +99,7 @@ def _undefended(threat: ThreatModel, names) -> dict:
 
 def _training_block(threat: ThreatModel) -> dict:
     meta = threat.run.read_json("target.json")
-    keep = ("train_seconds", "epochs_run", "best_epoch", "epsilon", "delta", "noise_multiplier",
+    keep = ("train_seconds", "epochs_run", "best_epoch", "epsilon", "epsilon_holds", "delta", "noise_multiplier",
             "soft_label_confidence", "reference_records")
     return {"name": threat.cfg.training_defense, "params": threat.cfg.training_params,
             "key": threat.run.path.name, **{k: meta[k] for k in keep if k in meta}}
@@ -147,15 +147,18 @@ def evaluate_point(targets: _Targets, point: Point, names, *, adaptive: bool = T
 
 class _Results:
     """Finished points of a comparison in RUN/compare/, one JSON file each, written atomically. A result is
-    reused only for the same point, attacks, attacker options, mia-fast version and run fingerprint."""
+    reused only for the same point, attacks, attacker options and mia-fast version, on the same target:
+    the fingerprint (splits, outputs) and config (which fills in defaults such as AEPPT's eps) of the run
+    the point is evaluated on, a training defense's own target for its points."""
 
     def __init__(self, threat: ThreatModel, names, adaptive: bool, fresh: bool):
         self.folder, self.log, self.fresh = threat.run.path / "compare", threat.log, fresh
         self.context = {"attacks": list(names), "adaptive": adaptive, "options": asdict(threat.opt),
-                        "version": __version__, "run_fingerprint": threat.run.fingerprint()}
+                        "version": __version__}
 
-    def __call__(self, label: str, params: dict, compute: Callable[[], dict]) -> dict:
-        key = {"point": label, "params": params, **self.context}
+    def __call__(self, label: str, params: dict, on: ThreatModel, compute: Callable[[], dict]) -> dict:
+        key = {"point": label, "params": params, **self.context, "run_fingerprint": on.run.fingerprint(),
+               "run_config": on.run.read_json("config.json")}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
         path = self.folder / f"{''.join(c if c.isalnum() or c in '-+' else '_' for c in label)}-{digest}.json"
         if path.is_file() and not self.fresh:
@@ -189,12 +192,12 @@ def compare_run(run_dir, defenses: Sequence, *, params: Optional[Dict[str, dict]
                 reference_records(defense, threat.dataset, threat.splits, threat.cfg)
     targets, results = _Targets(threat), _Results(threat, names, adaptive, fresh)
     started = time.perf_counter()
-    out = {**run_header(threat, names), "undefended": results("none", {}, lambda: _undefended(threat, names)),
+    out = {**run_header(threat, names), "undefended": results("none", {}, threat, lambda: _undefended(threat, names)),
            "defenses": {}}
     if threat.cfg.training_defense is not None:
         out["undefended"]["training"] = {"name": threat.cfg.training_defense, "params": threat.cfg.training_params}
     for point in chosen:
-        out["defenses"][point.label] = results(point.label, point.params,
+        out["defenses"][point.label] = results(point.label, point.params, targets(point),
                                                lambda: evaluate_point(targets, point, names, adaptive=adaptive))
     out["seconds"] = time.perf_counter() - started
     if write:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..attacks import NNAttack
-from ..checkpoint import load_model
+from ..checkpoint import checkpoint_file, load_model
 from ..data import load_dataset
 from ..pipeline import Config, RunDir, run_demo
 from . import EXPERIMENTS
@@ -70,8 +70,8 @@ def _paper(experiment: str, dataset: str):
 
 
 def _run_mim0(run_dir: Path) -> NNAttack:
-    """The run's own adversary MIM0 (mim0.pt, trained by the demo's attack stage)."""
-    return NNAttack.from_model(load_model(Path(run_dir) / "mim0.pt", "attack-mim")[0])
+    """The run's own adversary MIM0 (mim0.safetensors, trained by the demo's attack stage)."""
+    return NNAttack.from_model(load_model(checkpoint_file(run_dir, "mim0"), "attack-mim")[0])
 
 
 def _mim0_per_class(run_dir: Path) -> dict:

@@ -20,6 +20,7 @@ their number, epochs and seed, and the run's fingerprint); deployed defenses are
 """
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ import torch
 from ..attacks import boundary_distance, noisy_copies, query_labels, shadow_records, train_shadow_models
 from ..attacks.label_only import noise_kind_for
 from ..attacks.shadow import ShadowModels
-from ..checkpoint import load_model, save_model
+from ..checkpoint import SUFFIX, checkpoint_file, load_model, save_model
 from ..defenses import OutputDefense
 from ..io import atomic_path, save_array
 from ..models import TARGETS
@@ -136,7 +137,7 @@ class ThreatModel:
 
     @cached_property
     def target(self):
-        return load_model(self.run.path / "target.pt", "target")
+        return load_model(checkpoint_file(self.run.path, "target"), "target")
 
     def features(self, indices) -> Tensor:
         return torch.from_numpy(self.dataset.x[np.asarray(indices, dtype=np.int64)])
@@ -167,7 +168,7 @@ class ThreatModel:
         folder, fingerprint = self._shadow_dir, self.run.fingerprint()
         meta = folder / "meta.json"
         if meta.is_file() and json.loads(meta.read_text()).get("run_fingerprint") == fingerprint:
-            models = [load_model(folder / f"model-{k}.pt", "target")[0] for k in range(self.opt.shadows)]
+            models = [load_model(checkpoint_file(folder, f"model-{k}"), "target")[0] for k in range(self.opt.shadows)]
             self.log(f"{self.opt.shadows} shadow models from {folder}")
             return ShadowModels(models, torch.from_numpy(np.load(folder / "in_mask.npy")))
         for stale in ("meta.json", "pool_outputs.npy"):  # an interrupted retraining must not look complete
@@ -185,7 +186,7 @@ class ThreatModel:
                  f"{time.perf_counter() - started:.0f} s (cached in {folder})")
         folder.mkdir(parents=True, exist_ok=True)
         for k, model in enumerate(shadows.models):
-            save_model(folder / f"model-{k}.pt", "target", model, self.target[1]["architecture"], {"shadow": k})
+            save_model(folder / f"model-{k}{SUFFIX}", "target", model, self.target[1]["architecture"], {"shadow": k})
         save_array(folder / "in_mask.npy", shadows.in_mask.numpy())
         with atomic_path(meta) as tmp:
             tmp.write_text(json.dumps({"run_fingerprint": fingerprint, "train_size": train_size,
@@ -389,11 +390,10 @@ class Deployment:
         when the defense keeps every label)."""
         if getattr(self.defense, "keeps_label", False):
             return self.threat.memo(("boundary", which), lambda: self.threat.boundary_distance(which))
-        first = 1000 * (which == "known")
-        queries = iter(range(first, first + 1000))
+        queries, known = itertools.count(), int(which == "known")
 
         def predict(x):  # every batch of queries gets its own draws of the defense's randomness
-            return self.serve(self.threat.target_predict(x), "boundary-defended", next(queries))
+            return self.serve(self.threat.target_predict(x), "boundary-defended", 2 * next(queries) + known)
 
         return self.threat.memo(("boundary", which, self.key), lambda: self.threat.boundary_distance(which, predict))
 

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..seeding import stream_seed
+
 Tensor = torch.Tensor
 #: loss_fn(logits, labels, epoch) -> the scalar to minimise on one batch
 LossFn = Callable[[Tensor, Tensor, int], Tensor]
@@ -42,9 +44,19 @@ def train_target(model: nn.Module, x, y, *, epochs: int = 100, lr: float = 1e-4,
                  desc: str = "target model") -> dict:
     """Train ``model`` in place with Adam (``weight_decay``: its L2 penalty) on ``loss_fn`` (default
     cross-entropy); ``after_epoch(epoch, model)`` returning True stops training. Returns per-epoch loss,
-    the epochs run and the final train accuracy."""
+    the epochs run and the final train accuracy. Randomness inside the model (dropout masks) comes from
+    a stream of ``seed``, not from whatever ran before in the process."""
     check_training(epochs, lr, batch_size)
-    x, y = _tensor(x).float(), _tensor(y).long()
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(stream_seed(seed, "training-randomness"))
+        return _train_target(model, _tensor(x).float(), _tensor(y).long(), epochs=epochs, lr=lr,
+                             batch_size=batch_size, seed=seed, device=device, progress=progress,
+                             weight_decay=weight_decay, loss_fn=loss_fn, after_epoch=after_epoch, desc=desc)
+
+
+def _train_target(model, x, y, *, epochs, lr, batch_size, seed, device, progress, weight_decay, loss_fn, after_epoch,
+                  desc) -> dict:
     gen = torch.Generator().manual_seed(seed)
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)

@@ -213,7 +213,7 @@ class AEPPT(OutputDefense):
 
     @classmethod
     def from_substitute(cls, mim: SubstituteMIM, **params) -> "AEPPT":
-        """AEPPT around an already trained substitute MIM (a run's substitute.pt, `train_substitute`)."""
+        """AEPPT around an already trained substitute MIM (a run's substitute.safetensors, `train_substitute`)."""
         defense = cls(**params)
         defense.substitute, defense._fitted = mim.eval(), True
         return defense

@@ -22,7 +22,10 @@ GRAD_SAMPLE_MODES = ("ghost", "hooks")
 class DPSGD(TrainingDefense):
     """Train with Opacus' `PrivacyEngine.make_private_with_epsilon` (Adam, the noise multiplier chosen by
     the accountant for ``epsilon``, ``delta`` and the number of steps). ``epochs`` replaces the run's when
-    set; ``lr`` is 1e-3, not the run's 1e-4 (noisy, clipped steps need larger ones; None: the run's). ``grad_sample_mode`` "ghost" clips without forming per-sample gradients (Opacus' fast gradient
+    set; ``lr`` (1e-3) replaces the run's 1e-4 and the ``lr`` given to ``train`` (noisy, clipped steps need
+    larger ones; None: take the given one). Batches are Poisson-sampled; with ``poisson_sampling=False``
+    (shuffled batches) the accountant's epsilon, which assumes Poisson sampling, is only indicative and the
+    history says so (``epsilon_holds`` False). ``grad_sample_mode`` "ghost" clips without forming per-sample gradients (Opacus' fast gradient
     clipping, the same clipping, about 15x faster here on an MLP); "hooks" forms them. The history holds
     ``epsilon`` (spent, from the accountant), ``delta`` and ``noise_multiplier``."""
 
@@ -86,5 +89,6 @@ class DPSGD(TrainingDefense):
             wrapped.cleanup()  # hooks and the per-sample state Opacus leaves on the parameters
         model.eval()
         return {**history, "epochs_run": epochs, "lr": lr, "epsilon": spent, "target_epsilon": self.epsilon,
-                "delta": self.delta, "noise_multiplier": float(optimizer.noise_multiplier),
+                "delta": self.delta, "epsilon_holds": self.poisson_sampling,
+                "noise_multiplier": float(optimizer.noise_multiplier),
                 "train_accuracy": accuracy(model, x, y, device=device)}
