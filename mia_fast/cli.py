@@ -284,6 +284,42 @@ def train_target_cmd(run_dir, force, defense, params, **kwargs):
         raise
 
 
+@main.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False),
+              help="A run directory: its target answers /v1/predict.")
+@click.option("--defense", type=click.Choice(defense_names("output")),
+              help="Output defense on every answer (fitted on the run, cached there); default: none.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A hyperparameter of the defense (repeat).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--max-batch", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Requests that share one call of the target and the defense.")
+@click.option("--max-wait-ms", default=2.0, show_default=True, type=click.FloatRange(min=0),
+              help="How long the first request of a batch waits for others.")
+@click.option("--max-queue", default=1024, show_default=True, type=click.IntRange(min=1),
+              help="Requests waiting at most; more are refused with 503.")
+@click.option("--max-body-bytes", default=8 << 20, show_default=True, type=click.IntRange(min=1),
+              help="Larger request bodies are refused with 413.")
+@_one_line_errors
+def serve(run_dir, defense, params, host, port, max_batch, max_wait_ms, max_queue, max_body_bytes):
+    """Serve the run's target behind an output defense over HTTP: POST /v1/predict (features) and
+    /v1/defend (probabilities), GET /healthz and /metrics; concurrent requests are micro-batched."""
+    try:
+        import uvicorn
+
+        from .serving import Service, create_app
+    except ImportError as err:
+        raise InputError(f"serve needs FastAPI and uvicorn: pip install 'mia-fast[serve]' ({err})") from None
+    raw = _param_pairs(params, prefixed=False).get(None, {})
+    if raw and defense is None:
+        raise InputError("--param needs --defense")
+    service = Service.from_run(run_dir, defense, _typed(defense, raw) if defense else None, log=click.echo)
+    app = create_app(service, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                     max_body_bytes=max_body_bytes)
+    click.echo(f"serving {run_dir} ({defense or 'no defense'}) on http://{host}:{port}", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 @main.command("train-attack")
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="A run made by train-target.")
 @_one_line_errors

@@ -50,6 +50,7 @@ PURPOSES = {
     "boundary-directions": "the boundary attack's random flip orders / directions (index: which set)",
     "boundary-defended": "the deployed defense on the boundary attack's queries (index: 2 * query + known)",
     "training-randomness": "randomness inside a model while it trains (dropout masks), seeded from its seed",
+    "serving": "the served defense's randomness on batch k of `mia-fast serve` (index: k)",
 }
 
 

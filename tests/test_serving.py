@@ -1,0 +1,148 @@
+"""`mia-fast serve`: a real server on loopback answers as the library does, refuses bad requests with a
+4xx, refuses overload with 503 and stays up; concurrent requests share batches."""
+import contextlib
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mia_fast.cli import main
+from mia_fast.defenses import AEPPT, OutputDefense, create_defense
+from mia_fast.models import SubstituteMIM, TabularMLP
+from mia_fast.seeding import stream
+from mia_fast.serving import Service, create_app
+from mia_fast.testing import random_probs
+from mia_fast.training import predict_proba
+
+uvicorn = pytest.importorskip("uvicorn")
+
+
+@contextlib.contextmanager
+def serving(service, **options):
+    app = create_app(service, **options)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def target():
+    torch.manual_seed(0)
+    return TabularMLP(12, 5).eval()
+
+
+def test_answers_are_the_librarys(target):
+    x = torch.rand(6, 12, generator=torch.Generator().manual_seed(1))
+    probs = random_probs(4, 5, torch.Generator().manual_seed(2))
+    with serving(Service(None, 5, target, (12,))) as url:  # undefended: the target's softmax
+        got = httpx.post(f"{url}/v1/predict", json={"inputs": x.tolist()}).json()["probabilities"]
+        assert torch.allclose(torch.tensor(got), predict_proba(target, x), atol=1e-6)
+    rounding = create_defense("rounding", decimals=2)
+    with serving(Service(rounding, 5, target, (12,))) as url:
+        got = httpx.post(f"{url}/v1/defend", json={"probabilities": probs.tolist()}).json()["probabilities"]
+        assert torch.equal(torch.tensor(got), rounding(probs))
+    torch.manual_seed(3)
+    aeppt = AEPPT.from_substitute(SubstituteMIM(5), eps=1e-2, iters=5)
+    with serving(Service(aeppt, 5, target, (12,), seed=7), max_wait_ms=0) as url:
+        for k in range(3):  # one request at a time: request k is batch k, its stream (7, "serving", k)
+            got = httpx.post(f"{url}/v1/defend", json={"probabilities": probs.tolist()}).json()["probabilities"]
+            expected = aeppt.defend(probs, generator=stream(7, "serving", k)).defended
+            assert torch.allclose(torch.tensor(got), expected, atol=1e-6)
+        assert not torch.allclose(torch.tensor(got), aeppt.defend(probs, generator=stream(7, "serving", 0)).defended)
+
+
+@pytest.mark.parametrize("endpoint, body, code, message", [
+    ("defend", '{"probabilities": [[0.5, 0.5]]}', 400, "has 2 classes but the membership model expects 5"),
+    ("defend", '{"probabilities": [[NaN, 0.5, 0.5, 0, 0]]}', 400, "row 0 contains NaN or Inf"),
+    ("defend", '{"probabilities": [[1.5, -0.5, 0, 0, 0]]}', 400, "values outside [0, 1]"),
+    ("defend", '{"probabilities": [[0.5, 0.5, 0, 0, 0], [1, 0]]}', 400, "rows must be lists of numbers of one length"),
+    ("defend", '{"probabilities": []}', 400, "expected a non-empty list of rows"),
+    ("defend", '{"inputs": [[1]]}', 400, "expected the key 'probabilities'"),
+    ("defend", "not json", 400, "body: not JSON"),
+    ("defend", json.dumps({"probabilities": [[0.2] * 5] * 400}), 413, "larger than 2000 bytes"),
+    ("predict", '{"inputs": [[0.1, 0.2]]}', 400, "rows of 2 features, the target takes 12"),
+    ("predict", '{"inputs": [[' + ",".join(["Infinity"] * 12) + "]]}", 400, "row 0 contains NaN or Inf"),
+])
+def test_bad_requests_get_a_one_line_4xx_and_the_server_stays_up(target, endpoint, body, code, message):
+    with serving(Service(create_defense("rounding"), 5, target, (12,)), max_body_bytes=2000) as url:
+        r = httpx.post(f"{url}/v1/{endpoint}", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == code and message in r.json()["error"] and "\n" not in r.json()["error"]
+        assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
+        ok = httpx.post(f"{url}/v1/defend", json={"probabilities": [[0.2] * 5]})
+        assert ok.status_code == 200
+        text = httpx.get(f"{url}/metrics").text
+        assert f'mia_fast_requests_total{{endpoint="/v1/{endpoint}",code="{code}"}} 1' in text
+        assert "mia_fast_errors_total 1" in text and "mia_fast_request_seconds_count 2" in text
+
+
+class _Slow(OutputDefense):
+    """Takes 0.2 s a batch: a queue of 2 overflows under 24 concurrent requests."""
+
+    name = "slow-test-defense"
+    keeps_label = True
+
+    def _defend(self, probs, generator):
+        time.sleep(0.2)
+        return probs.clone()
+
+
+def test_overload_gets_503_and_the_server_stays_up(target):
+    probs = random_probs(1, 5, torch.Generator().manual_seed(4)).tolist()
+    with serving(Service(_Slow(), 5, target, (12,)), max_batch=1, max_queue=2) as url:
+        with httpx.Client() as client, ThreadPoolExecutor(24) as pool:
+            codes = list(pool.map(lambda _: client.post(f"{url}/v1/defend", json={"probabilities": probs},
+                                                        timeout=30).status_code, range(24)))
+        assert set(codes) == {200, 503} and codes.count(503) >= 10
+        r = httpx.post(f"{url}/v1/defend", json={"probabilities": probs}, timeout=30)
+        assert r.status_code == 200 and httpx.get(f"{url}/healthz").json()["waiting"] == 0
+
+
+def test_concurrent_requests_share_batches_and_each_gets_its_own_rows(target):
+    rounding = create_defense("rounding", decimals=3)
+    rows = [random_probs(1 + k % 3, 5, torch.Generator().manual_seed(10 + k)) for k in range(32)]
+    with serving(Service(rounding, 5, target, (12,)), max_batch=16, max_wait_ms=50) as url:
+        with httpx.Client() as client, ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda p: client.post(f"{url}/v1/defend", json={"probabilities": p.tolist()},
+                                                          timeout=30).json()["probabilities"], rows))
+        metrics = httpx.get(f"{url}/metrics").text
+    for p, got in zip(rows, answers):
+        assert torch.equal(torch.tensor(got), rounding(p))
+    count = int(next(line.split()[1] for line in metrics.splitlines() if line.startswith("mia_fast_batch_requests_count")))
+    assert count < 32  # fewer calls than requests: some shared a batch
+
+
+def test_serve_a_run_from_the_command_line_path(tmp_path):
+    from mia_fast.pipeline import Config, RunDir, stage_target
+
+    run = RunDir(tmp_path / "run", create=True)
+    stage_target(run, Config(dataset="digits", members=100, nonmembers=100, target_epochs=2), log=lambda m: None,
+                 progress=False)
+    service = Service.from_run(run.path, "rounding", {"decimals": 1})
+    from mia_fast.pipeline import load_run_dataset
+
+    ds = load_run_dataset(run.config().resolved())
+    members = torch.from_numpy(ds.x[run.splits().members[:5]])
+    with serving(service) as url:
+        got = httpx.post(f"{url}/v1/predict", json={"inputs": members.reshape(5, -1).tolist()}).json()
+    served = create_defense("rounding", decimals=1)(run.output("members")[:5])
+    assert torch.allclose(torch.tensor(got["probabilities"]), served, atol=1e-6)
+    r = CliRunner().invoke(main, ["serve", "--run", str(run.path), "--param", "decimals=1"])
+    assert r.exit_code == 1 and "--param needs --defense" in r.output
