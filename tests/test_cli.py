@@ -48,6 +48,20 @@ def test_defend_streams_and_writes_the_output(files, suffix):
     assert np.array_equal(adv, second)
 
 
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_defend_file_reads_batches_from_the_file_as_one_pass_would(files, order, tmp_path):
+    from mia_fast.defenses import create_defense
+    from mia_fast.defenses.streaming import defend_file
+
+    probs = np.load(files / "nonmembers.npy")
+    np.save(tmp_path / "p.npy", np.asarray(probs, order=order))  # "F": no plain-read path, the memmap serves
+    rounding = create_defense("rounding", decimals=1)
+    summary = defend_file(rounding, tmp_path / "p.npy", tmp_path / "out.npy", batch=7)  # 300 = 42 * 7 + 6
+    out = np.load(tmp_path / "out.npy")
+    assert out.dtype == np.float32 and np.array_equal(out, rounding(torch.from_numpy(probs)).numpy())
+    assert summary["n"] == 300
+
+
 def test_outputs_get_ordinary_permissions(files):
     import os
 

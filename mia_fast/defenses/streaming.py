@@ -27,7 +27,8 @@ def defend_file(defense: OutputDefense, predictions, out, *, batch: int = 4096, 
         raise InputError(f"--out {out}: unsupported file type {out_path.suffix or '(none)'}; use .npy or .pt")
     if batch < 1:
         raise InputError(f"batch must be >= 1, got {batch}")
-    data = load_array(predictions, what="predictions", mmap=True)
+    data = load_array(predictions, what="predictions", mmap=True)  # a memmap only for its shape and dtype
+    rows = _row_reader(Path(predictions), data)
     if data.ndim != 2:
         raise InputError(f"predictions {predictions}: expected a 2-D [N, C] array, got shape {tuple(data.shape)}")
     n, c = data.shape
@@ -40,10 +41,12 @@ def defend_file(defense: OutputDefense, predictions, out, *, batch: int = 4096, 
     kept = []
     started = time.perf_counter()
     with atomic_path(out_path) as tmp:
-        sink = (np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, c))
-                if out_path.suffix.lower() == ".npy" else None)
+        sink = open(tmp, "wb") if out_path.suffix.lower() == ".npy" else None
+        if sink is not None:
+            np.lib.format.write_array_header_1_0(sink, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                        "fortran_order": False, "shape": (n, c)})
         for start in tqdm(range(0, n, batch), desc="defend", unit="batch", disable=not progress, leave=False):
-            part = as_tensor(data[start:start + batch])
+            part = as_tensor(rows(start, min(start + batch, n)))
             if not part.is_floating_point():
                 raise InputError(f"predictions {predictions}: expected float probabilities, got dtype {part.dtype}")
             check_probabilities(part, num_classes=expected, allow_unnormalized=allow_unnormalized,
@@ -51,7 +54,7 @@ def defend_file(defense: OutputDefense, predictions, out, *, batch: int = 4096, 
             res = defense.defend(part.to(device), generator=generator, check_inputs=False)
             adv = res.defended.cpu()
             if sink is not None:
-                sink[start:start + len(adv)] = adv.numpy()
+                sink.write(adv.numpy().astype(np.float32, copy=False).tobytes())
             else:
                 kept.append(adv)
             l1_sum += float(res.l1.sum())
@@ -60,8 +63,7 @@ def defend_file(defense: OutputDefense, predictions, out, *, batch: int = 4096, 
             for key, value in res.extras.items():
                 extras[key] = extras.get(key, 0.0) + float(value.float().sum())
         if sink is not None:
-            sink.flush()
-            del sink
+            sink.close()
         else:
             torch.save(torch.cat(kept), tmp)
     elapsed = time.perf_counter() - started
@@ -69,3 +71,18 @@ def defend_file(defense: OutputDefense, predictions, out, *, batch: int = 4096, 
             "mean_l1": l1_sum / n, "max_l1": l1_max, "label_flips": flips,
             **{f"{key}_rate": total / n for key, total in extras.items()},
             "seconds": elapsed, "predictions_per_s": n / elapsed if elapsed > 0 else float("inf")}
+
+
+def _row_reader(path: Path, data):
+    """rows(start, stop) of the input. A C-ordered .npy is read with plain file reads rather than through
+    its memory map, whose touched pages would count in the process' memory up to the whole file."""
+    if not isinstance(data, np.memmap) or data.ndim != 2 or not data.flags.c_contiguous:
+        return lambda start, stop: data[start:stop]
+    row_bytes, offset = data.shape[1] * data.dtype.itemsize, data.offset
+
+    def rows(start: int, stop: int) -> np.ndarray:
+        with open(path, "rb") as f:
+            f.seek(offset + start * row_bytes)
+            return np.fromfile(f, dtype=data.dtype, count=(stop - start) * data.shape[1]).reshape(stop - start, -1)
+
+    return rows
