@@ -320,6 +320,29 @@ def serve(run_dir, defense, params, host, port, max_batch, max_wait_ms, max_queu
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
+@main.command("export")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="A run directory: its target.")
+@click.option("--defense", type=click.Choice(defense_names("output")),
+              help="Output defense in the graph (fitted on the run, cached there); default: none.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A hyperparameter of the defense (repeat).")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="AOTInductor package (.pt2).")
+@_one_line_errors
+def export_cmd(run_dir, defense, params, out):
+    """Export the run's target + softmax + output defense as one graph (torch.export) compiled into an
+    AOTInductor package; load it with torch._inductor.aoti_load_package(OUT)."""
+    from .serving import Service
+    from .serving.export import export_defended
+
+    raw = _param_pairs(params, prefixed=False).get(None, {})
+    if raw and defense is None:
+        raise InputError("--param needs --defense")
+    service = Service.from_run(run_dir, defense, _typed(defense, raw) if defense else None,
+                               log=lambda m: click.echo(m, err=True))
+    example = torch.zeros(2, *service.feature_shape)
+    click.echo(f"exported {defense or 'the undefended target'} -> "
+               f"{export_defended(service.target, service.defense, example, out)}")
+
+
 @main.command("train-attack")
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="A run made by train-target.")
 @_one_line_errors

@@ -146,3 +146,23 @@ def test_serve_a_run_from_the_command_line_path(tmp_path):
     assert torch.allclose(torch.tensor(got["probabilities"]), served, atol=1e-6)
     r = CliRunner().invoke(main, ["serve", "--run", str(run.path), "--param", "decimals=1"])
     assert r.exit_code == 1 and "--param needs --defense" in r.output
+
+
+def test_the_defended_model_exports_as_one_aotinductor_package(target, tmp_path):
+    from mia_fast.serving.export import export_defended
+
+    rounding = create_defense("rounding", decimals=2)
+    x = torch.rand(33, 12, generator=torch.Generator().manual_seed(5))
+    path = export_defended(target, rounding, x[:2], tmp_path / "served.pt2")
+    runner = torch._inductor.aoti_load_package(str(path))
+    got, expected = runner(x), rounding(predict_proba(target, x))  # any batch size, the library's answer
+    # compiled kernels compute in another order (last bits differ): a value at a rounding boundary can move
+    # by one step (0.01), the rest agree to float precision
+    assert got.shape == (33, 5) and float((got - expected).abs().max()) <= 0.01 + 1e-6
+    assert float(((got - expected).abs() <= 1e-6).float().mean()) > 0.95
+    assert [p.name for p in tmp_path.iterdir()] == ["served.pt2"]  # nothing half-written beside it
+    torch.manual_seed(3)
+    aeppt = AEPPT.from_substitute(SubstituteMIM(5), eps=1e-2, iters=5)
+    with pytest.raises(Exception, match="export: aeppt does not export as one graph yet"):
+        export_defended(target, aeppt, x[:2], tmp_path / "aeppt.pt2")
+    assert not (tmp_path / "aeppt.pt2").exists()
