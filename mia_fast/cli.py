@@ -66,6 +66,14 @@ def _typed(name: str, raw: dict) -> dict:
     return {key: parse_param(name, key, value) for key, value in raw.items()}
 
 
+def _defense_params(defense, params):
+    """The typed ``--param KEY=VALUE`` pairs of a command's one ``--defense`` (None without one)."""
+    raw = _param_pairs(params, prefixed=False).get(None, {})
+    if raw and defense is None:
+        raise InputError("--param needs --defense")
+    return _typed(defense, raw) if defense else None
+
+
 @main.command("defenses")
 def defenses_cmd():
     """Every registered defense with its hyperparameters and their defaults."""
@@ -267,10 +275,7 @@ def demo(run_dir, force, **kwargs):
 def train_target_cmd(run_dir, force, defense, params, **kwargs):
     """Split the data and train the target model (cross-entropy, Adam, or a training defense) into a run
     directory."""
-    raw = _param_pairs(params, prefixed=False).get(None, {})
-    if raw and defense is None:
-        raise InputError("--param needs --defense")
-    given = _typed(defense, raw) if defense else None
+    given = _defense_params(defense, params)
     if defense:
         create_defense(defense, **given)  # bad hyperparameters fail before the run directory is made
     cfg = dataclasses.replace(_config(kwargs), training_defense=defense, training_params=given)
@@ -310,10 +315,7 @@ def serve(run_dir, defense, params, host, port, max_batch, max_wait_ms, max_queu
         from .serving import Service, create_app
     except ImportError as err:
         raise InputError(f"serve needs FastAPI and uvicorn: pip install 'mia-fast[serve]' ({err})") from None
-    raw = _param_pairs(params, prefixed=False).get(None, {})
-    if raw and defense is None:
-        raise InputError("--param needs --defense")
-    service = Service.from_run(run_dir, defense, _typed(defense, raw) if defense else None, log=click.echo)
+    service = Service.from_run(run_dir, defense, _defense_params(defense, params), log=click.echo)
     app = create_app(service, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                      max_body_bytes=max_body_bytes)
     click.echo(f"serving {run_dir} ({defense or 'no defense'}) on http://{host}:{port}", err=True)
@@ -333,10 +335,7 @@ def export_cmd(run_dir, defense, params, out):
     from .serving import Service
     from .serving.export import export_defended
 
-    raw = _param_pairs(params, prefixed=False).get(None, {})
-    if raw and defense is None:
-        raise InputError("--param needs --defense")
-    service = Service.from_run(run_dir, defense, _typed(defense, raw) if defense else None,
+    service = Service.from_run(run_dir, defense, _defense_params(defense, params),
                                log=lambda m: click.echo(m, err=True))
     example = torch.zeros(2, *service.feature_shape)
     click.echo(f"exported {defense or 'the undefended target'} -> "

@@ -157,9 +157,5 @@ def open_source(source: Path, member: Optional[str] = None) -> Iterator[IO[bytes
 
 def read_member(archive: Path, member: str) -> bytes:
     """One file out of a .tgz / .tar.gz, found by its path suffix."""
-    with tarfile.open(archive, "r:*") as tar:
-        for info in tar.getmembers():
-            if info.isfile() and (info.name == member or info.name.endswith("/" + member)):
-                f = tar.extractfile(info)
-                return f.read()
-    raise InputError(f"{archive}: has no member {member}")
+    with open_source(archive, member) as f:
+        return f.read()
