@@ -15,6 +15,7 @@ from .attacks.registry import ATTACKS
 from .checkpoint import SUFFIX, checkpoint_file, data_hash, load_substitute, save_substitute
 from .data import DATASETS, describe
 from .defenses import AEPPT, COMBINATIONS, create_defense, defense_names, describe_defenses, load_defense, parse_param
+from .defenses.perturbation import DISTANCES, FALLBACKS, GENERATORS, LABEL_REFERENCES
 from .errors import InputError, MiaFastError
 from .evaluation import EXPERIMENTS
 from .io import as_tensor, atomic_path, load_array
@@ -202,7 +203,8 @@ def train_substitute_cmd(members, member_labels, nonmembers, nonmember_labels, o
                f"{meta['nonmembers']} non-members: train accuracy {history['train_accuracy']:.1%} -> {out}")
 
 
-def _experiment_options(fn):
+def _target_options(fn):
+    """The data, split and target-training options of every command that trains a target."""
     options = [
         click.option("--dataset", default="digits", show_default=True, type=click.Choice(list(DATASETS)),
                      help="digits is embedded; the others read their published files (see: mia-fast data list)."),
@@ -212,9 +214,6 @@ def _experiment_options(fn):
         click.option("--adversary-fraction", default=0.5, show_default=True, type=float),
         click.option("--target-epochs", type=click.IntRange(min=1), help="Default: the dataset's, else 100."),
         click.option("--target-lr", type=float, help="Default: the dataset's, else 1e-4."),
-        click.option("--mim-epochs", default=100, show_default=True, type=click.IntRange(min=1)),
-        click.option("--eps", type=float, help="AEPPT step size (default: the dataset's)."),
-        click.option("--iters", default=100, show_default=True, type=click.IntRange(min=0)),
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--classes", type=click.IntRange(min=2), help="Merge the classes into this many "
                      "(label mod N; Table 5's class sweep)."),
@@ -224,6 +223,17 @@ def _experiment_options(fn):
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def _experiment_options(fn):
+    """`_target_options` and AEPPT's (the substitute MIM's epochs, the step size eps, iterations T)."""
+    for option in reversed([
+        click.option("--mim-epochs", default=100, show_default=True, type=click.IntRange(min=1)),
+        click.option("--eps", type=float, help="AEPPT step size (default: the dataset's)."),
+        click.option("--iters", default=100, show_default=True, type=click.IntRange(min=0)),
+    ]):
+        fn = option(fn)
+    return _target_options(fn)
 
 
 def _config(kwargs) -> Config:
@@ -287,6 +297,61 @@ def train_target_cmd(run_dir, force, defense, params, **kwargs):
         if fresh:  # nothing half-made is left behind
             shutil.rmtree(path, ignore_errors=True)
         raise
+
+
+@main.command("protect-data")
+@_target_options
+@click.option("--eps", type=float, help="Distance threshold (default: 100 per 784 dimensions, in --distance's unit; "
+              "the paper's MNIST thresholds are 50-200).")
+@click.option("--generator", default="fgsm", show_default=True, type=click.Choice(sorted(GENERATORS)),
+              help="Perturbation generator (Bai et al. sec. 5.1).")
+@click.option("--generator-param", "generator_params", multiple=True, metavar="KEY=VALUE",
+              help="A hyperparameter of the generator, e.g. epochs=2 for advgan (repeat).")
+@click.option("--alpha", default=1.0, show_default=True, type=float, help="Perturbation rate: the share of records "
+              "perturbed, in (0, 1].")
+@click.option("--rounds", default=3, show_default=True, type=int, help="Rounds m of generation and feedback.")
+@click.option("--candidates", default=8, show_default=True, type=int, help="Candidates K per record and round.")
+@click.option("--simulators", default=5, show_default=True, type=int, help="Models of the simulator.")
+@click.option("--simulator-epochs", type=int, help="Epochs of each simulator model (default: the target's).")
+@click.option("--strength", default=0.25, show_default=True, type=float,
+              help="Starting floor of the perturbation, as a fraction of the eps radius.")
+@click.option("--distance", default="squared-l2", show_default=True, type=click.Choice(list(DISTANCES)),
+              help="Unit of --eps.")
+@click.option("--fallback", default="original", show_default=True, type=click.Choice(list(FALLBACKS)),
+              help="A record with no candidate within eps keeps its original, or its previous pick.")
+@click.option("--label-reference", default="simulator", show_default=True, type=click.Choice(list(LABEL_REFERENCES)),
+              help="Eq. 2 keeps the simulator's label of the original, or its true label.")
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="Directory to write the upload to.")
+@click.option("--force", is_flag=True, help="Overwrite an existing directory.")
+@_one_line_errors
+def protect_data_cmd(eps, generator, generator_params, alpha, rounds, candidates, simulators, simulator_epochs,
+                     strength, distance, fallback, label_reference, run_dir, force, **kwargs):
+    """Input perturbation (Bai et al. 2021, Algorithm 1): write the perturbed training set a data owner
+    uploads instead of D_tar (protected_x.npy, protected_y.npy), a per-record report (records.csv), the
+    leakage before and after (protection.json) and originals beside their copies (protected.png)."""
+    from .pipeline import stage_protect
+
+    defense = create_defense("input-perturbation", generator=generator, generator_params=" ".join(generator_params),
+                             eps=eps, alpha=alpha, rounds=rounds, candidates=candidates, simulators=simulators,
+                             simulator_epochs=simulator_epochs, strength=strength, distance=distance,
+                             fallback=fallback, label_reference=label_reference)
+    cfg = _config(kwargs)
+    path = _fresh_run_dir(run_dir, force)
+    fresh = not path.exists()
+    try:
+        summary = stage_protect(path, cfg, defense, log=click.echo, progress=sys.stderr.isatty())
+    except BaseException:
+        if fresh:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    before, after = summary["before"], summary["after"]
+    click.echo(f"uploaded {summary['records']} records: {summary['perturbed']} perturbed, {summary['fallbacks']} kept "
+               f"their original (no candidate within eps {summary['eps']:g} kept the label); mean distance "
+               f"{summary['mean_distance']:.4g} ({summary['seconds']:.0f} s)")
+    click.echo(f"simulated leakage: evaluator accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f}, simulator "
+               f"train/test {before['train_accuracy']:.3f}/{before['test_accuracy']:.3f} -> "
+               f"{after['train_accuracy']:.3f}/{after['test_accuracy']:.3f}")
+    click.echo(f"written: {path}/protected_x.npy, protected_y.npy, records.csv, protected.png, protection.json")
 
 
 @main.command()
@@ -497,20 +562,29 @@ def attack(run_dir, name, defense, params, json_out, **kwargs):
               help="Epochs of the neural-network attacks.")
 @click.option("--queries", default=8, show_default=True, type=click.IntRange(min=1),
               help="Repeated queries of the averaging attack (adaptive).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="bai-*: a hyperparameter of every input-perturbation setting (see: mia-fast defenses), e.g. "
+              "generator_params=epochs=2 or simulators=3 (repeat).")
 @_one_line_errors
-def reproduce(experiment, run_dir, force, epochs, queries, **kwargs):
+def reproduce(experiment, run_dir, force, epochs, queries, params, **kwargs):
     """Run a named experiment of the AEPPT paper and print it beside the paper's numbers (CIFAR-100,
     Purchase-100): table2, step-size (Tables 3-4), adversary (Fig. 7), mims (Tables 6-7), adaptive (Table 8),
     classes (Table 5, classes merged as label mod k), comparison (Fig. 9 with dropout and adversarial
-    regularization, and Bai et al.'s Table 3 rows for min-max and DP-SGD)."""
+    regularization, and Bai et al.'s Table 3 rows for min-max and DP-SGD). Or one of Bai et al.'s (input
+    perturbation; MNIST rows beside Fashion-MNIST): bai-table2, bai-table3, bai-generators (Figs. 4-5),
+    bai-distance (Fig. 6), bai-rate (Fig. 7)."""
     from .evaluation.reproduce import reproduce as run_experiment
     from .evaluation.threat import Options
 
+    given = _typed("input-perturbation", _param_pairs(params, prefixed=False).get(None, {}))
+    if given and not experiment.startswith("bai-"):
+        raise InputError("--param sets input-perturbation hyperparameters of the bai-* experiments")
+    create_defense("input-perturbation", **given)  # bad hyperparameters fail before anything runs
     cfg = _config(kwargs)
     path = (_fresh_run_dir(run_dir, force) if run_dir
             else _next_free(Path("runs") / f"{cfg.dataset}-seed{cfg.seed}-{experiment}"))
     lines, _ = run_experiment(experiment, cfg, path, options=Options(epochs=epochs, queries=queries),
-                              log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty())
+                              log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty(), params=given)
     click.echo("\n".join(lines))
     click.echo(f"run directory: {path} (reproduce-{experiment}.json)")
 

@@ -51,6 +51,11 @@ PURPOSES = {
     "boundary-defended": "the deployed defense on the boundary attack's queries (index: 2 * query + known)",
     "training-randomness": "randomness inside a model while it trains (dropout masks), seeded from its seed",
     "serving": "the served defense's randomness on batch k of `mia-fast serve` (index: k)",
+    "perturbation-subset": "which records input perturbation perturbs (alpha of them)",
+    "simulator-model": "input perturbation's simulator model i (index: i, or 1000 * refit + i for its batches)",
+    "perturbation-evaluator": "the leakage evaluator's halves and batches (2 * round) and initialisation (2 * round + 1)",
+    "perturbation-generator": "a learned perturbation generator's initialisation (0) and batch order (1)",
+    "perturbation-candidates": "a generator's random draws in round r (index: r)",
 }
 
 

@@ -42,7 +42,7 @@ def plain(digits):
 
 def test_every_training_defense_is_registered_with_keyword_only_validated_hyperparameters():
     assert set(defense_names("training")) == {"dropout", "l2", "early-stopping", "advreg", "dp-sgd",
-                                              "hamp-training", "relaxloss"}
+                                              "hamp-training", "relaxloss", "input-perturbation"}
     with pytest.raises(ValueError, match="p must be in"):
         create_defense("dropout", p=1.5)
     with pytest.raises(ValueError, match="weight_decay must be > 0"):

@@ -99,6 +99,37 @@ def attacker_loss_figure(curve: dict, path: Path, title: str) -> None:
     _save(fig, path)
 
 
+def _as_images(x: np.ndarray) -> np.ndarray:
+    """Records as displayable images: [N, C, H, W] -> [N, H, W(, C)]; flat records of a square size (the
+    8x8 digits) -> [N, s, s]; others -> [N, 1, D] strips."""
+    if x.ndim == 4:
+        return x[:, 0] if x.shape[1] == 1 else x.transpose(0, 2, 3, 1)
+    flat = x.reshape(len(x), -1)
+    side = int(round(flat.shape[1] ** 0.5))
+    return flat.reshape(len(x), side, side) if side * side == flat.shape[1] else flat[:, None, :]
+
+
+def protected_figure(originals: np.ndarray, protected: np.ndarray, distances: np.ndarray, path: Path,
+                     title: str) -> None:
+    """Originals (top row) above their protected copies (bottom row, with each copy's distance): the
+    layout of Bai et al.'s Fig. 3."""
+    a, b = _as_images(originals), _as_images(protected)
+    n = len(a)
+    fig, axes = plt.subplots(2, n, figsize=(1.4 * n, 3.2), squeeze=False)
+    for i in range(n):
+        for row, images in enumerate((a, b)):
+            ax = axes[row, i]
+            ax.imshow(np.clip(images[i], 0, 1), cmap="gray" if images[i].ndim == 2 else None, vmin=0, vmax=1,
+                      aspect="auto" if images[i].shape[0] == 1 else "equal")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[1, i].set_xlabel(f"d = {distances[i]:.3g}", fontsize=8)
+    axes[0, 0].set_ylabel("original")
+    axes[1, 0].set_ylabel("uploaded")
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
 def _pct(v) -> str:
     return f"{100 * v:.1f}%"
 

@@ -180,13 +180,18 @@ def _comparison(run: RunDir, results: dict, options: Options, log: Log) -> tuple
 
 
 def reproduce(experiment: str, cfg: Config, run_dir, *, options: Optional[Options] = None, log: Log = print,
-              progress: bool = False) -> tuple:
+              progress: bool = False, params: Optional[dict] = None) -> tuple:
     """Run ``experiment`` (one of `EXPERIMENTS`) with ``cfg`` under ``run_dir``; returns (printable lines,
-    JSON-able numbers) and writes reproduce-EXPERIMENT.json there."""
+    JSON-able numbers) and writes reproduce-EXPERIMENT.json there. ``params``: hyperparameters of the
+    input-perturbation settings of the bai-* experiments (`mia_fast.evaluation.bai`)."""
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)}")
     cfg, options = cfg.resolved(), options or Options()
     root = Path(run_dir)
+    if experiment.startswith("bai-"):
+        from .bai import run_bai
+
+        return run_bai(experiment, cfg, root, params=params, log=log, progress=progress)
     if experiment == "classes":
         total = load_dataset(cfg.dataset, cfg.data_dir).num_classes
         paper = _paper("classes", cfg.dataset) or {}

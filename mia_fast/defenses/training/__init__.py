@@ -4,8 +4,9 @@ from .dp_sgd import DPSGD
 from .dropout import Dropout
 from .early_stopping import EarlyStopping
 from .hamp_training import HAMPTraining
+from .input_perturbation import InputPerturbation
 from .l2 import WeightDecay
 from .relaxloss import RelaxLoss
 
-__all__ = ["AdversarialRegularization", "DPSGD", "Dropout", "EarlyStopping", "HAMPTraining", "RelaxLoss",
+__all__ = ["AdversarialRegularization", "DPSGD", "Dropout", "EarlyStopping", "HAMPTraining", "InputPerturbation", "RelaxLoss",
            "WeightDecay"]
