@@ -5,6 +5,7 @@ reference, and `mia-fast protect-data` (Algorithm 1 with its defaults) per gener
 
     python bench/bench_input_perturbation.py [--dataset fashion-mnist] [--generators fgsm,advgan,optmargin]
                                              [--param advgan=epochs=2] [--out bench/input_perturbation.json]
+                                             [--keep DIR]
 
 Prints the selection timings, then per generator: total seconds, the initial simulator fit, seconds per
 round, records perturbed / kept original, mean distance, and the evaluator's accuracy before and after.
@@ -17,6 +18,7 @@ import platform
 import resource
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -58,6 +60,8 @@ def main() -> None:
     parser.add_argument("--param", action="append", default=[], metavar="GENERATOR=KEY=VALUE",
                         help="a generator hyperparameter, e.g. advgan=epochs=2 (repeat)")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--keep", default=None, metavar="DIR", help="keep each run's upload, report and figure in "
+                        "DIR/GENERATOR (default: a temporary directory)")
     args = parser.parse_args()
     generator_params: dict = {}
     for item in args.param:
@@ -70,7 +74,8 @@ def main() -> None:
     for name in args.generators.split(","):
         defense = create_defense("input-perturbation", generator=name,
                                  generator_params=" ".join(generator_params.get(name, [])))
-        with tempfile.TemporaryDirectory() as out:
+        with tempfile.TemporaryDirectory() as scratch:
+            out = Path(args.keep) / name if args.keep else Path(scratch)
             started = time.perf_counter()
             summary = stage_protect(out, cfg, defense, log=lambda m: print(m, flush=True), progress=False)
             seconds = time.perf_counter() - started

@@ -579,7 +579,7 @@ def reproduce(experiment, run_dir, force, epochs, queries, params, **kwargs):
     given = _typed("input-perturbation", _param_pairs(params, prefixed=False).get(None, {}))
     if given and not experiment.startswith("bai-"):
         raise InputError("--param sets input-perturbation hyperparameters of the bai-* experiments")
-    create_defense("input-perturbation", **given)  # bad hyperparameters fail before anything runs
+    create_defense("input-perturbation", **{"generator": "advgan", **given})  # bad values fail before anything runs
     cfg = _config(kwargs)
     path = (_fresh_run_dir(run_dir, force) if run_dir
             else _next_free(Path("runs") / f"{cfg.dataset}-seed{cfg.seed}-{experiment}"))

@@ -2,6 +2,7 @@
 per-record reference of its selection loop, alpha picks exactly floor(alpha * N) records by seed, bad
 input is refused with nothing written, and an end-to-end band on digits fails if the perturbation is
 silently skipped."""
+import copy
 import json
 import math
 from fractions import Fraction
@@ -20,6 +21,7 @@ from mia_fast.defenses.perturbation import (FGSM, Feedback, LeakageEvaluator, Si
 from mia_fast.errors import InputError
 from mia_fast.models import TabularMLP
 from mia_fast.seeding import stream
+from mia_fast.testing import devices
 
 EPS = 8.0  # squared L2 on digits' 64 features in [0, 1]
 
@@ -64,7 +66,25 @@ def test_fgsm_is_its_formula_and_stays_in_the_data_range(digits, simulator):
     assert (cand - x[:, None]).pow(2).sum(-1).max() <= EPS * (1 + 1e-5)
 
 
-@pytest.mark.parametrize("name,params", [("optmargin", {"steps": 40, "copies": 4, "search_steps": 2}),
+@pytest.mark.skipif("cuda" not in devices(), reason="needs a GPU")
+@pytest.mark.parametrize("name", ["fgsm", "optmargin", "advgan"])
+def test_generators_run_on_cuda_like_on_the_cpu(digits, simulator, name):
+    x, y = digits["x"][:32], digits["y"][:32]
+    on_gpu = copy.deepcopy(simulator)
+    on_gpu.device = torch.device("cuda")
+    on_gpu.models = [m.cuda() for m in on_gpu.models]
+    out = {}
+    for sim in (simulator, on_gpu):
+        gen = _configured(name, **({"epochs": 2} if name == "advgan" else {}))
+        gen.fit(sim, None, x, y, seed=0)
+        out[sim.device.type] = gen.propose(sim, x, y, 3, generator=stream(0, "perturbation-candidates"))
+    assert out["cuda"].device.type == "cpu" and out["cuda"].shape == out["cpu"].shape
+    assert float(out["cuda"].min()) >= 0 and float(out["cuda"].max()) <= 1
+    if name == "fgsm":  # the same formula: only signs of gradients within rounding of 0 may differ
+        assert float((out["cuda"] - out["cpu"]).abs().gt(1e-5).float().mean()) < 0.01
+
+
+@pytest.mark.parametrize("name,params", [("optmargin", {"steps": 40, "copies": 4, "search_steps": 2, "restarts": 2}),
                                          ("advgan", {"epochs": 30})])
 def test_label_keeping_generators_keep_the_simulators_label(digits, simulator, name, params):
     x, y = digits["x"][:60], digits["y"][:60]
@@ -235,3 +255,38 @@ def test_the_defense_validates_its_hyperparameters():
                           ({"distance": "l1"}, "distance must be"), ({"fallback": "none"}, "fallback must be")]:
         with pytest.raises(ValueError, match=match):
             create_defense("input-perturbation", **params)
+
+
+BAI_TINY = ["--dataset", "digits", "--target-epochs", "10", "--param", "simulators=1", "--param", "rounds=1",
+            "--param", "candidates=2", "--param", "eps=8", "--param", "simulator_epochs=5"]
+
+
+@pytest.mark.parametrize("experiment,settings", [
+    ("bai-generators", ["no defense"] + [f"{g} {w} constraints" for w in ("without", "with")
+                                         for g in ("advgan", "fgsm", "optmargin")]),
+    ("bai-table3", ["none", "min-max (advreg)", "dp-sgd epsilon=50", "framework (advgan)"]),
+])
+def test_bai_experiments_run_every_setting_and_save_their_numbers(tmp_path, experiment, settings):
+    run = tmp_path / experiment
+    params = BAI_TINY + (["--param", "generator_params=epochs=1"] if experiment == "bai-table3" else [])
+    r = CliRunner().invoke(main, ["reproduce", experiment, "--run-dir", str(run), *params])
+    assert r.exit_code == 0, r.output
+    saved = json.loads((run / f"reproduce-{experiment}.json").read_text())
+    assert [k for k in saved if k in settings] == settings
+    if experiment == "bai-generators":
+        assert (run / "bai-generators.png").stat().st_size > 1000
+        curve = saved["no defense"]["curve"]
+        assert [p["epoch"] for p in curve] == list(range(1, 11))  # every max(1, 10 // 20) epochs
+        free = saved["fgsm without constraints"]["input_perturbation"]
+        assert free["fallbacks"] == 0, "without the constraints every record takes its lowest-loss candidate"
+    else:
+        assert "paper: train" not in r.output  # digits is not the paper's dataset: no paper column
+        for name in settings:
+            assert 0 <= saved[name]["attack_accuracy"] <= 1
+
+
+def test_bai_experiments_take_only_input_perturbation_hyperparameters(tmp_path):
+    r = CliRunner().invoke(main, ["reproduce", "bai-rate", "--run-dir", str(tmp_path / "x"), "--param", "budget=1"])
+    assert r.exit_code != 0 and "unknown hyperparameter 'budget'" in r.output
+    r = CliRunner().invoke(main, ["reproduce", "table2", "--run-dir", str(tmp_path / "y"), "--param", "alpha=0.5"])
+    assert r.exit_code != 0 and "bai-*" in r.output

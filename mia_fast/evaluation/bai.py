@@ -118,7 +118,12 @@ class _Protector:
         self._base: Optional[Simulator] = None
 
     def defense(self, **overrides):
-        return create_defense("input-perturbation", **{**self.params, **overrides})
+        """The setting's defense; ``generator_params`` belong to the experiment's generator, so a setting
+        with another generator (bai-generators) takes that one's defaults."""
+        params = {**self.params, **overrides}
+        if params["generator"] != self.params["generator"]:
+            params.pop("generator_params", None)
+        return create_defense("input-perturbation", **params)
 
     def upload(self, constrained: bool = True, **overrides):
         defense = self.defense(**overrides)
@@ -220,13 +225,13 @@ def run_bai(experiment: str, cfg: Config, root: Path, *, params: Optional[dict] 
         else:
             grid = [(f"rate {a:.0%}", {"alpha": a, "eps": eps100}, True) for a in (0.2, 0.4, 0.6, 0.8, 1.0)]
         series["no defense"] = _curve(data.x_in, data, cfg, every)
+        numbers["no defense"] = {"curve": series["no defense"]}
         for label, overrides, constrained in grid:
             log(f"{experiment}: {label}")
             prot = protector.upload(constrained=constrained, **overrides)
             series[label] = _curve(prot.x, data, cfg, every)
             numbers[label] = {"curve": series[label],
                               "input_perturbation": {k: v for k, v in prot.summary().items() if k != "rounds"}}
-        numbers["no defense"] = {"curve": series["no defense"]}
         lines.append(f"attack accuracy every {every} epochs (last: train / test / attack):")
         for label, points in series.items():
             last = points[-1]
