@@ -200,12 +200,17 @@ class TrainingDefense(Defense):
 DEFENSES: Dict[str, Type[Defense]] = {}
 
 
+def register_in(registry: dict, cls: type, what: str) -> type:
+    """Add ``cls`` to ``registry`` under its ``name`` (ValueError if the name is empty or taken)."""
+    if not cls.name or cls.name in registry:
+        raise ValueError(f"{what} name {cls.name!r} is empty or taken")
+    registry[cls.name] = cls
+    return cls
+
+
 def register_defense(cls: Type[Defense]) -> Type[Defense]:
     """Class decorator: make ``cls`` creatable by its ``name``."""
-    if not cls.name or cls.name in DEFENSES:
-        raise ValueError(f"defense name {cls.name!r} is empty or taken")
-    DEFENSES[cls.name] = cls
-    return cls
+    return register_in(DEFENSES, cls, "defense")
 
 
 def defense_names(kind: Optional[str] = None) -> list:
@@ -219,8 +224,8 @@ def _defense_class(name: str) -> Type[Defense]:
     return DEFENSES[name]
 
 
-def hyperparameters(cls: Type[Defense]) -> Dict[str, inspect.Parameter]:
-    """The keyword-only constructor parameters of a defense class, in order."""
+def hyperparameters(cls: type) -> Dict[str, inspect.Parameter]:
+    """The keyword-only constructor parameters of a defense (or generator) class, in order."""
     return {k: p for k, p in inspect.signature(cls.__init__).parameters.items() if p.kind is p.KEYWORD_ONLY}
 
 
@@ -242,7 +247,8 @@ def create_defense(name: str, **params) -> Defense:
     return cls(**params)
 
 
-def _param_type(cls: Type[Defense], key: str):
+def param_type(cls: type, key: str):
+    """The type a hyperparameter ``key`` of ``cls`` is parsed as (its annotation, Optional removed)."""
     hint = typing.get_type_hints(cls.__init__).get(key, str)
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     return args[0] if args else hint
@@ -253,7 +259,7 @@ def parse_param(name: str, key: str, text: str):
     cls = _defense_class(name)
     if key not in hyperparameters(cls):
         raise ValueError(f"{name}: unknown hyperparameter {key!r}; it takes: {', '.join(hyperparameters(cls)) or 'none'}")
-    kind = _param_type(cls, key)
+    kind = param_type(cls, key)
     if kind is bool:
         if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
             raise ValueError(f"{name}.{key}: expected true or false, got {text!r}")

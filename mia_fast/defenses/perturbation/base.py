@@ -16,6 +16,8 @@ from typing import ClassVar, Dict, Type
 
 import torch
 
+from ..base import hyperparameters, param_type, register_in
+
 Tensor = torch.Tensor
 
 #: Distances of the eps threshold: squared L2 (the only unit in which the paper's thresholds, 50-200 on
@@ -67,10 +69,7 @@ class Generator:
         raise NotImplementedError
 
     def params(self) -> dict:
-        import inspect
-
-        keys = [k for k, p in inspect.signature(type(self).__init__).parameters.items() if p.kind is p.KEYWORD_ONLY]
-        return {k: getattr(self, k) for k in keys}
+        return {k: getattr(self, k) for k in hyperparameters(type(self))}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
@@ -81,10 +80,7 @@ GENERATORS: Dict[str, Type[Generator]] = {}
 
 def register_generator(cls: Type[Generator]) -> Type[Generator]:
     """Class decorator: make ``cls`` creatable by its ``name``."""
-    if not cls.name or cls.name in GENERATORS:
-        raise ValueError(f"generator name {cls.name!r} is empty or taken")
-    GENERATORS[cls.name] = cls
-    return cls
+    return register_in(GENERATORS, cls, "generator")
 
 
 def parse_generator_params(name: str, text: str) -> dict:
@@ -97,14 +93,10 @@ def parse_generator_params(name: str, text: str) -> dict:
     ...
     ValueError: generator fgsm: unknown hyperparameter 'steps'; it takes: spread
     """
-    import inspect
-    import typing
-
     if name not in GENERATORS:
         raise ValueError(f"unknown generator {name!r}; known: {', '.join(GENERATORS)}")
     cls = GENERATORS[name]
-    known = {k: p for k, p in inspect.signature(cls.__init__).parameters.items() if p.kind is p.KEYWORD_ONLY}
-    hints = typing.get_type_hints(cls.__init__)
+    known = hyperparameters(cls)
     out = {}
     for pair in text.split():
         key, sep, value = pair.partition("=")
@@ -112,10 +104,11 @@ def parse_generator_params(name: str, text: str) -> dict:
             raise ValueError(f"generator {name}: expected key=value, got {pair!r}")
         if key not in known:
             raise ValueError(f"generator {name}: unknown hyperparameter {key!r}; it takes: {', '.join(known)}")
+        kind = param_type(cls, key)
         try:
-            out[key] = hints.get(key, str)(value)
+            out[key] = kind(value)
         except ValueError:
-            raise ValueError(f"generator {name}: {key} expects {hints.get(key, str).__name__}, got {value!r}") from None
+            raise ValueError(f"generator {name}: {key} expects {kind.__name__}, got {value!r}") from None
     return out
 
 

@@ -1,5 +1,4 @@
-"""Algorithm 1 of Bai et al. 2021 ("Synthesis of the uploading data"), as ../design/input-perturbation.md
-reads it:
+"""Algorithm 1 of Bai et al. 2021 ("Synthesis of the uploading data"), in one consistent reading of it:
 
     S <- a seeded subset of floor(alpha * N) records; R <- the rest
     f <- simulator trained on X; leakage <- g(f) on X vs X_infer          (reported as "before")
@@ -147,6 +146,8 @@ def protect_data(x: Tensor, y: Tensor, x_infer: Tensor, y_infer: Tensor, *, gene
     squared = distance == "squared-l2"
     n = len(x)
     chosen = perturbed_subset(n, alpha, seed)
+    if len(chosen) == 0:
+        raise InputError(f"alpha {alpha:g} of {n} records perturbs none: raise alpha to at least {1 / n:.3g}")
     xs, ys = x[chosen], y[chosen]
     say(f"input perturbation: {len(chosen)} of {n} records (alpha {alpha:g}), {generator!r}, eps {eps:g} "
         f"({distance}), {rounds} rounds of {candidates} candidates")
