@@ -185,7 +185,7 @@ def run_bai(experiment: str, cfg: Config, root: Path, *, params: Optional[dict] 
     protector = _Protector(data, cfg, {"generator": "advgan", **(params or {})}, log, progress)
     eps100 = default_eps(dims)
     paper = _paper_rows(experiment, cfg.dataset)
-    stand_in = f" (paper: {PAPER_STAND_IN[cfg.dataset].upper()})" if cfg.dataset in PAPER_STAND_IN and paper else ""
+    stand_in = f" ({PAPER_STAND_IN[cfg.dataset].upper()})" if cfg.dataset in PAPER_STAND_IN and paper else ""
     series, numbers, lines = {}, {}, []
     header = f"{'setting':28s}{'train acc':>10s}{'test acc':>10s}{'attack acc':>11s}{'gap floor':>10s}"
     if experiment in ("bai-table2", "bai-table3"):
