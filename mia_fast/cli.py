@@ -1,6 +1,7 @@
 """Command line: a thin layer over the public API. Bad input ends with one line and exit status 1."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -250,6 +251,20 @@ def _fresh_run_dir(run_dir, force):
     return path
 
 
+@contextlib.contextmanager
+def _removed_on_failure(run_dir, force):
+    """The checked ``--run-dir``; if it did not exist before and the body fails (an error or Ctrl-C), it
+    is removed, so nothing half-made is left behind."""
+    path = _fresh_run_dir(run_dir, force)
+    fresh = not path.exists()
+    try:
+        yield path
+    except BaseException:
+        if fresh:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
 def _next_free(path: Path) -> Path:
     """``path``, or ``path-2``, ``path-3``, ... : the first that does not exist yet."""
     candidate, n = path, 1
@@ -289,14 +304,8 @@ def train_target_cmd(run_dir, force, defense, params, **kwargs):
     if defense:
         create_defense(defense, **given)  # bad hyperparameters fail before the run directory is made
     cfg = dataclasses.replace(_config(kwargs), training_defense=defense, training_params=given)
-    path = _fresh_run_dir(run_dir, force)
-    fresh = not path.exists()
-    try:
+    with _removed_on_failure(run_dir, force) as path:
         stage_target(RunDir(path, create=True), cfg, log=click.echo, progress=sys.stderr.isatty())
-    except BaseException:  # an error or Ctrl-C
-        if fresh:  # nothing half-made is left behind
-            shutil.rmtree(path, ignore_errors=True)
-        raise
 
 
 @main.command("protect-data")
@@ -336,14 +345,8 @@ def protect_data_cmd(eps, generator, generator_params, alpha, rounds, candidates
                              simulator_epochs=simulator_epochs, strength=strength, distance=distance,
                              fallback=fallback, label_reference=label_reference)
     cfg = _config(kwargs)
-    path = _fresh_run_dir(run_dir, force)
-    fresh = not path.exists()
-    try:
+    with _removed_on_failure(run_dir, force) as path:
         summary = stage_protect(path, cfg, defense, log=click.echo, progress=sys.stderr.isatty())
-    except BaseException:
-        if fresh:
-            shutil.rmtree(path, ignore_errors=True)
-        raise
     before, after = summary["before"], summary["after"]
     click.echo(f"uploaded {summary['records']} records: {summary['perturbed']} perturbed, {summary['fallbacks']} kept "
                f"their original (no candidate within eps {summary['eps']:g} kept the label); mean distance "

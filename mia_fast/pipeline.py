@@ -180,6 +180,19 @@ def reference_records(defense: Optional[TrainingDefense], ds, splits: Splits, cf
     return torch.from_numpy(ds.x[rows]), torch.from_numpy(ds.y[rows])
 
 
+def run_splits(cfg: Config, n: int) -> Splits:
+    """The run's splits of a dataset of ``n`` records (``cfg`` resolved)."""
+    return make_splits(n, members=cfg.members, nonmembers=cfg.nonmembers, adversary_fraction=cfg.adversary_fraction,
+                       seed=cfg.seed)
+
+
+def new_target(cfg: Config, name: str, kwargs: dict):
+    """A target model ``name(**kwargs)`` initialised from the run seed's "target" stream."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(stream_seed(cfg.seed, "target"))
+        return TARGETS[name](**kwargs)
+
+
 def stage_target(run: RunDir, cfg: Config, *, splits: Optional[Splits] = None, log: Log = print,
                  progress: bool = True) -> dict:
     """Split the data (or take ``splits``) and train the target, with the run's training defense if any."""
@@ -190,8 +203,7 @@ def stage_target(run: RunDir, cfg: Config, *, splits: Optional[Splits] = None, l
     if defense is not None:
         cfg = dataclasses.replace(cfg, training_params=defense.params())
     ds = load_run_dataset(cfg)
-    splits = splits or make_splits(len(ds), members=cfg.members, nonmembers=cfg.nonmembers,
-                                   adversary_fraction=cfg.adversary_fraction, seed=cfg.seed)
+    splits = splits or run_splits(cfg, len(ds))
     reference = reference_records(defense, ds, splits, cfg)  # before anything is written: it may refuse
     for stale in ("target.pt", f"target{SUFFIX}", *(f"outputs/{s}{e}.npy" for s in ("members", "nonmembers")
                                                    for e in ("", "_labels"))):
@@ -202,9 +214,7 @@ def stage_target(run: RunDir, cfg: Config, *, splits: Optional[Splits] = None, l
     kwargs = defense.architecture(kwargs) if defense is not None else kwargs
     log(f"target: {name} on {cfg.dataset} ({len(splits.members)} members, {len(splits.nonmembers)} non-members), "
         f"{cfg.target_epochs} epochs" + (f", defense {defense!r}" if defense is not None else ""))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(stream_seed(cfg.seed, "target"))
-        model = TARGETS[name](**kwargs)
+    model = new_target(cfg, name, kwargs)
     x_in, y_in = ds.x[splits.members], ds.y[splits.members]
     x_out, y_out = ds.x[splits.nonmembers], ds.y[splits.nonmembers]
     started = time.perf_counter()
@@ -241,8 +251,7 @@ def stage_protect(out_dir, cfg: Config, defense, *, log: Log = print, progress: 
     cfg = cfg.resolved()
     out = Path(out_dir)
     ds = load_run_dataset(cfg)
-    splits = make_splits(len(ds), members=cfg.members, nonmembers=cfg.nonmembers,
-                         adversary_fraction=cfg.adversary_fraction, seed=cfg.seed)
+    splits = run_splits(cfg, len(ds))
     reference = reference_records(defense, ds, splits, cfg)
     name, kwargs = target_for(ds.kind, ds.x.shape[1:], ds.num_classes)
     model = TARGETS[name](**defense.architecture(kwargs))
@@ -307,12 +316,16 @@ def stage_substitute(run: RunDir, cfg: Config, *, log: Log = print, progress: bo
     return meta
 
 
-def record_positions(run: RunDir, split_members: list, split_nonmembers: list):
-    """Positions of split indices within the members / non-members output files."""
-    s = run.splits()
+def split_positions(s: Splits, split_members: list, split_nonmembers: list):
+    """Positions of split indices within D_tar / D_tar-bar (the order of the members / non-members files)."""
     pos_in = {idx: i for i, idx in enumerate(s.members)}
     pos_out = {idx: i for i, idx in enumerate(s.nonmembers)}
     return [pos_in[i] for i in split_members], [pos_out[i] for i in split_nonmembers]
+
+
+def record_positions(run: RunDir, split_members: list, split_nonmembers: list):
+    """Positions of split indices within the run's members / non-members output files."""
+    return split_positions(run.splits(), split_members, split_nonmembers)
 
 
 def stage_attack(run: RunDir, cfg: Config, *, log: Log = print, progress: bool = True) -> dict:

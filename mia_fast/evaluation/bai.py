@@ -26,14 +26,13 @@ from typing import Callable, Optional
 import torch
 
 from ..attacks import MetricAttack
-from ..data import make_splits
 from ..defenses import create_defense
 from ..defenses.perturbation import Simulator
 from ..defenses.training.input_perturbation import default_eps
 from ..io import atomic_path
 from ..metrics import attack_metrics, gap_floor
-from ..models import TARGETS, target_for
-from ..pipeline import Config, load_run_dataset, outside_records
+from ..models import target_for
+from ..pipeline import Config, load_run_dataset, new_target, reference_records, run_splits, split_positions
 from ..seeding import stream_seed
 from ..training import predict_proba, train_model, train_target
 
@@ -61,26 +60,18 @@ class _Data:
 
 def _data(cfg: Config) -> _Data:
     ds = load_run_dataset(cfg)
-    s = make_splits(len(ds), members=cfg.members, nonmembers=cfg.nonmembers, adversary_fraction=cfg.adversary_fraction,
-                    seed=cfg.seed)
-    rows = outside_records(len(ds), s, len(s.members), cfg.seed)
-    if len(rows) < 4:
-        raise ValueError(f"input perturbation needs reference records outside D_tar and D_tar-bar; {cfg.dataset} "
-                         f"has {len(ds)} records and the split uses them: pass fewer --members / --nonmembers")
-    pos_in = {idx: i for i, idx in enumerate(s.members)}
-    pos_out = {idx: i for i, idx in enumerate(s.nonmembers)}
-    known = ([pos_in[i] for i in s.adversary_members], [pos_out[i] for i in s.adversary_nonmembers])
-    scored = ([pos_in[i] for i in s.eval_members], [pos_out[i] for i in s.eval_nonmembers])
+    s = run_splits(cfg, len(ds))
+    reference = reference_records(create_defense("input-perturbation"), ds, s, cfg)
     t = lambda a: torch.from_numpy(a)  # noqa: E731
-    return _Data(t(ds.x[s.members]), t(ds.y[s.members]), t(ds.x[s.nonmembers]), t(ds.y[s.nonmembers]),
-                 (t(ds.x[rows]), t(ds.y[rows])), known, scored, target_for(ds.kind, ds.x.shape[1:], ds.num_classes))
+    return _Data(t(ds.x[s.members]), t(ds.y[s.members]), t(ds.x[s.nonmembers]), t(ds.y[s.nonmembers]), reference,
+                 split_positions(s, s.adversary_members, s.adversary_nonmembers),
+                 split_positions(s, s.eval_members, s.eval_nonmembers),
+                 target_for(ds.kind, ds.x.shape[1:], ds.num_classes))
 
 
 def _model(data: _Data, cfg: Config, defense=None):
     name, kwargs = data.arch
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(stream_seed(cfg.seed, "target"))
-        return TARGETS[name](**(defense.architecture(kwargs) if defense is not None else kwargs))
+    return new_target(cfg, name, defense.architecture(kwargs) if defense is not None else kwargs)
 
 
 def measure(model, data: _Data, device) -> dict:
@@ -130,9 +121,8 @@ class _Protector:
         d, cfg = self.data, self.cfg
         seed = stream_seed(cfg.seed, "target")
         if self._base is None:
-            self._base = Simulator(_model(d, cfg), num_models=defense.simulators,
-                                   epochs=defense.simulator_epochs or cfg.target_epochs, lr=cfg.target_lr, seed=seed,
-                                   device=cfg.device).fit(d.x_in, d.y_in, progress=self.progress)
+            self._base = defense.simulator(_model(d, cfg), epochs=cfg.target_epochs, lr=cfg.target_lr, seed=seed,
+                                           device=cfg.device).fit(d.x_in, d.y_in, progress=self.progress)
         protection = defense.protect(_model(d, cfg), d.x_in, d.y_in, d.reference, epochs=cfg.target_epochs,
                                      lr=cfg.target_lr, seed=seed, device=cfg.device, progress=self.progress,
                                      log=self.log, simulator=copy.deepcopy(self._base), constrained=constrained)

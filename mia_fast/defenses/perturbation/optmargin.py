@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from .base import Generator, register_generator
+from .simulator import true_class
 
 
 @register_generator
@@ -53,7 +54,7 @@ class OptMargin(Generator):
     def _margin(self, simulator, points, labels):
         """max(max_{j != t} z_j - z_t + kappa, 0) of the first ``models`` simulator models, averaged [B]."""
         lp = torch.stack([torch.log_softmax(m(points), 1) for m in simulator.models[:self.models]])
-        true = lp.gather(2, labels[None, :, None].expand(lp.shape[0], -1, 1))[..., 0]
+        true = true_class(lp, labels)
         other = lp.masked_fill(torch.nn.functional.one_hot(labels, lp.shape[2]).bool()[None], float("-inf")).amax(2)
         return (other - true + self.kappa).clamp_min(0).mean(0)
 

@@ -25,6 +25,11 @@ Tensor = torch.Tensor
 REFITS = ("warm", "scratch")
 
 
+def true_class(log_probs: Tensor, labels: Tensor) -> Tensor:
+    """Each model's log-probability of each record's label: [M, N, C], [N] -> [M, N]."""
+    return log_probs.gather(2, labels[None, :, None].expand(log_probs.shape[0], -1, 1))[..., 0]
+
+
 def fresh_copy(model: nn.Module, seed: int) -> nn.Module:
     """A copy of ``model``'s architecture with its parameters initialised again from ``seed``."""
     clone = copy.deepcopy(model).cpu()
@@ -83,7 +88,7 @@ class Simulator:
         for start in range(0, len(x), self.batch_size):
             lp = self.log_probs(x[start:start + self.batch_size].to(self.device).float())
             labels = y[start:start + self.batch_size].to(self.device).long()
-            losses.append(-lp.gather(2, labels[None, :, None].expand(lp.shape[0], -1, 1))[..., 0].mean(0).cpu())
+            losses.append(-true_class(lp, labels).mean(0).cpu())
             means.append(lp.exp().mean(0).cpu())
         if not losses:
             return torch.empty(0), torch.empty(0, 0)
@@ -96,7 +101,7 @@ class Simulator:
             xb = x[start:start + self.batch_size].to(self.device).float().requires_grad_(True)
             lp = self.log_probs(xb)
             labels = y[start:start + self.batch_size].to(self.device).long()
-            loss = -lp.gather(2, labels[None, :, None].expand(lp.shape[0], -1, 1)).mean(0).sum()
+            loss = -true_class(lp, labels).mean(0).sum()
             (grad,) = torch.autograd.grad(loss, xb)
             grads.append(grad.cpu())
         return torch.cat(grads) if grads else torch.zeros_like(x)

@@ -54,13 +54,17 @@ class InputPerturbation(TrainingDefense):
     def make_generator(self):
         return create_generator(self.generator, **parse_generator_params(self.generator, self.generator_params))
 
+    def simulator(self, model, *, epochs: int, lr: float, seed: int, device="cpu") -> Simulator:
+        """A new simulator of ``model``'s architecture, trained like the target (``epochs``, ``lr``)."""
+        return Simulator(model, num_models=self.simulators, epochs=self.simulator_epochs or epochs, lr=lr, seed=seed,
+                         device=device)
+
     def protect(self, model, x, y, reference, *, epochs: int, lr: float, seed: int, device="cpu", progress=False,
                 log=None, simulator: Optional[Simulator] = None, constrained: bool = True):
         """`protect_data` on (x, y) with ``reference`` as X_infer and a simulator of ``model``'s
         architecture (or ``simulator``, already fitted on the originals)."""
         eps = self.eps if self.eps is not None else default_eps(x[0].numel())
-        simulator = simulator or Simulator(model, num_models=self.simulators, epochs=self.simulator_epochs or epochs,
-                                           lr=lr, seed=seed, device=device)
+        simulator = simulator or self.simulator(model, epochs=epochs, lr=lr, seed=seed, device=device)
         return protect_data(x, y, *reference, generator=self.make_generator(), simulator=simulator,
                             evaluator=LeakageEvaluator(seed=seed), feedback=Feedback(tau=self.tau, gap_max=self.gap_max),
                             eps=eps, alpha=self.alpha, rounds=self.rounds, candidates=self.candidates,
