@@ -107,16 +107,20 @@ def defenses_cmd():
 @click.option("--allow-unnormalized", is_flag=True, help="Accept rows that do not sum to 1.")
 @click.option("--precision", type=click.Choice(["fp32", "3xtf32"]),
               help="AEPPT: 3xtf32 = tensor-core products on CUDA (experimental, about fp32 accuracy).")
+@click.option("--algorithm", type=click.Choice(["events", "dense"]),
+              help="AEPPT: events = incremental forward passes (default on CPU), dense = a full pass every "
+                   "iteration (default on CUDA).")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the summary as JSON.")
 @_one_line_errors
 def defend(predictions, defense, params, run_dir, checkpoint, mim, eps, iters, batch, out, device, seed,
-           preserve_label, stop_when_flipped, renormalize, allow_unnormalized, precision, json_out):
+           preserve_label, stop_when_flipped, renormalize, allow_unnormalized, precision, algorithm, json_out):
     """Defend a file of confidence vectors with any output defense (default AEPPT, Xue et al. Algorithm 1),
     streamed in batches and written atomically."""
     from .defenses.streaming import defend_file
 
     raw = _param_pairs(params, prefixed=False).get(None, {})
-    aeppt_flags = {"eps": eps, "iters": iters, "precision": precision, "preserve_label": preserve_label or None,
+    aeppt_flags = {"eps": eps, "iters": iters, "precision": precision, "algorithm": algorithm,
+                   "preserve_label": preserve_label or None,
                    "stop_when_flipped": stop_when_flipped or None, "renormalize": renormalize or None}
     set_flags = {k: v for k, v in aeppt_flags.items() if v is not None}
     if checkpoint and (raw or set_flags or mim or run_dir):
@@ -130,6 +134,9 @@ def defend(predictions, defense, params, run_dir, checkpoint, mim, eps, iters, b
     dev = _device(device)
     if given.get("precision", "fp32") != "fp32" and dev.type != "cuda":
         raise InputError(f"--precision {given['precision']} runs on CUDA tensor cores; add --device cuda")
+    if given.get("algorithm") == "events" and given.get("precision", "fp32") != "fp32":
+        raise InputError(f"--algorithm events runs in fp32; drop --precision {given['precision']} or use "
+                         "--algorithm dense")
     if checkpoint:
         chosen = load_defense(checkpoint)
         if defense is not None and chosen.name != defense:

@@ -6,6 +6,7 @@ from typing import List, Tuple
 import torch
 
 from .ops import has_cuda_kernels
+from .ops.reference import aeppt_loop, folded_logit
 
 Tensor = torch.Tensor
 
@@ -47,3 +48,33 @@ def membership_records(n: int, seed: int, *, classes: int = 10, member_sharpness
     members = random_probs(n, classes, g, sharpness=member_sharpness)
     nonmembers = random_probs(n, classes, g, sharpness=nonmember_sharpness)
     return members, members.argmax(1), nonmembers, nonmembers.argmax(1)
+
+
+def path_ties(probs: Tensor, weights, steps: Tensor, options=(False, False, False), *, rel: float = 1e-6) -> Tensor:
+    """Samples whose reference path passes a float32 tie [B] (bool): at some iteration a ReLU
+    pre-activation, the logit or a component of the input gradient is, in float64, within ``rel`` of 0
+    relative to its row (a few float32 ulps), so summation order alone decides a mask or a sign there.
+    Two correct float32 implementations may part ways at such a point."""
+    w = [t.double() for t in weights]
+    labels = probs.argmax(1)
+    ties = torch.zeros(probs.shape[0], dtype=torch.bool)
+
+    def near(a: Tensor) -> Tensor:
+        return (a.abs() <= rel * a.abs().amax(1, keepdim=True)).any(1)
+
+    def on_step(t: int, adv: Tensor) -> None:
+        p = adv.detach().double()
+        a1 = p @ w[0].T + w[1]
+        a2 = torch.relu(a1) @ w[2].T + w[3][labels]
+        z = torch.relu(a2) @ w[4] + w[5]
+        g1 = ((a2 > 0).double() * w[4]) @ w[2]
+        v = ((a1 > 0).double() * g1) @ w[0]
+        ties.logical_or_(near(a1) | near(a2) | near(v) | (z.abs() <= rel * (1 + torch.relu(a2).abs().sum(1))))
+
+    def logit(p: Tensor, lab: Tensor) -> Tensor:
+        return folded_logit(p, lab, *weights)
+
+    preserve_label, stop_when_flipped, _ = options
+    aeppt_loop(probs, logit, steps, preserve_label=preserve_label, stop_when_flipped=stop_when_flipped,
+               on_step=on_step)
+    return ties

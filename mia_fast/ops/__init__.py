@@ -45,6 +45,11 @@ def has_cuda_kernels() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("mia_fast::aeppt", "CUDA")
 
 
+def has_cuda_event_kernels() -> bool:
+    """True if the extension was built with the CUDA kernel of the event-driven op."""
+    return HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key("mia_fast::aeppt_events", "CUDA")
+
+
 #: Precisions of `aeppt`: "fp32" (default; every device) and "3xtf32" (CUDA, compute capability 8.0+).
 PRECISIONS = ("fp32", "3xtf32")
 
@@ -55,19 +60,46 @@ def check_precision(precision: str) -> None:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
+#: Algorithms of `aeppt`: "events" (incremental forward passes, exact low-rank corrections on every
+#: event) and "dense" (a full forward pass every iteration). Same results up to float32 rounding.
+ALGORITHMS = ("events", "dense")
+
+
+def default_algorithm(device: torch.device | str) -> str:
+    """"events" on CPU, where it is measured faster (bench/README.md); "dense" on CUDA, where the
+    event-driven kernel has been emulated but never timed on a GPU."""
+    return "dense" if torch.device(device).type == "cuda" else "events"
+
+
+def check_algorithm(algorithm: str, precision: str = "fp32") -> None:
+    """ValueError unless ``algorithm`` is one of `ALGORITHMS` and runs at ``precision``."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    if algorithm == "events" and precision != "fp32":
+        raise ValueError(f"algorithm='events' runs in fp32 only, got precision={precision!r}")
+
+
 def aeppt(probs: Tensor, w_pred: Tensor, b_pred: Tensor, w_hidden: Tensor, class_table: Tensor, w_out: Tensor,
           b_out: Tensor, steps: Tensor, preserve_label: bool = False, stop_when_flipped: bool = False,
-          renormalize: bool = False, *, precision: str = "fp32") -> Tuple[Tensor, Tensor, Tensor]:
+          renormalize: bool = False, *, precision: str = "fp32",
+          algorithm: Optional[str] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """The whole AEPPT loop in one op; see `reference.aeppt_reference` for the definition.
 
-    ``precision="3xtf32"`` (CUDA only) runs the substitute MIM's products on the tensor cores, each
-    operand split into two TF32 parts (three MMAs per product): about fp32 accuracy, sums in the
-    hardware's order, so outputs differ from fp32 in the last bits. Experimental: see bench/README.md
-    for whether it has been measured on a GPU.
+    ``algorithm`` (`ALGORITHMS`; default `default_algorithm` of the device) picks the event-driven op
+    (`aeppt_with_events`) or the dense one. ``precision="3xtf32"`` (CUDA only, dense only) runs the
+    substitute MIM's products on the tensor cores, each operand split into two TF32 parts (three MMAs
+    per product): about fp32 accuracy, sums in the hardware's order, so outputs differ from fp32 in the
+    last bits. Experimental: see bench/README.md for whether it has been measured on a GPU.
     """
     check_precision(precision)
     if precision != "fp32" and probs.device.type != "cuda":
         raise ValueError(f"precision={precision!r} runs on CUDA tensor cores, but probs is on {probs.device}")
+    if algorithm is None:
+        algorithm = default_algorithm(probs.device) if precision == "fp32" else "dense"
+    check_algorithm(algorithm, precision)
+    if algorithm == "events":
+        return aeppt_with_events(probs, w_pred, b_pred, w_hidden, class_table, w_out, b_out, steps, preserve_label,
+                                 stop_when_flipped, renormalize)[:3]
     args = (probs, w_pred, b_pred, w_hidden, class_table, w_out, b_out, steps,
             preserve_label, stop_when_flipped, renormalize)
     if _use_extension(probs.device):
@@ -75,6 +107,23 @@ def aeppt(probs: Tensor, w_pred: Tensor, b_pred: Tensor, w_hidden: Tensor, class
     if precision != "fp32":
         raise ValueError(f"precision={precision!r} needs the CUDA kernels of mia_fast._C")
     return reference.aeppt_reference(*args)
+
+
+def aeppt_with_events(probs: Tensor, w_pred: Tensor, b_pred: Tensor, w_hidden: Tensor, class_table: Tensor,
+                      w_out: Tensor, b_out: Tensor, steps: Tensor, preserve_label: bool = False,
+                      stop_when_flipped: bool = False,
+                      renormalize: bool = False) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The event-driven AEPPT op: `aeppt`'s three outputs and ``events`` [B, 3] int32 per sample:
+    iterations whose step changed a ReLU mask of the substitute, iterations whose step brought a moving
+    component to a bound of [0, 1] (both as `reference.aeppt_event_counts` defines them), and exact
+    refreshes of the incremental state (0 in the reference)."""
+    args = (probs, w_pred, b_pred, w_hidden, class_table, w_out, b_out, steps,
+            preserve_label, stop_when_flipped, renormalize)
+    if _use_extension(probs.device) and (probs.device.type == "cpu" or has_cuda_event_kernels()):
+        return torch.ops.mia_fast.aeppt_events.default(*args)
+    adv, before, after = reference.aeppt_reference(*args)
+    counts = reference.aeppt_event_counts(*args)
+    return adv, before, after, torch.cat([counts, torch.zeros_like(counts[:, :1])], 1)
 
 
 def select_within_distance(originals: Tensor, candidates: Tensor, losses: Tensor, eps: float,
@@ -97,6 +146,13 @@ if HAS_EXTENSION:
         batch = probs.shape[0]
         return torch.empty_like(probs), probs.new_empty(batch), probs.new_empty(batch)
 
+    @torch.library.register_fake("mia_fast::aeppt_events")
+    def _aeppt_events_fake(probs, w_pred, b_pred, w_hidden, class_table, w_out, b_out, steps, preserve_label,
+                           stop_when_flipped, renormalize):
+        adv, before, after = _aeppt_fake(probs, w_pred, b_pred, w_hidden, class_table, w_out, b_out, steps,
+                                         preserve_label, stop_when_flipped, renormalize)
+        return adv, before, after, probs.new_empty(probs.shape[0], 3, dtype=torch.int32)
+
     @torch.library.register_fake("mia_fast::select_within_distance")
     def _select_fake(originals, candidates, losses, eps, valid, squared):
         torch._check(candidates.dim() == 3, lambda: "mia_fast::select_within_distance: candidates must be 3-D")
@@ -104,5 +160,6 @@ if HAS_EXTENSION:
         return originals.new_empty(n, dtype=torch.long), originals.new_empty(n, k)
 
 
-__all__ = ["aeppt", "select_within_distance", "has_cuda_kernels", "HAS_EXTENSION", "PRECISIONS", "check_precision",
+__all__ = ["aeppt", "aeppt_with_events", "select_within_distance", "has_cuda_kernels", "has_cuda_event_kernels",
+           "HAS_EXTENSION", "PRECISIONS", "check_precision", "ALGORITHMS", "check_algorithm", "default_algorithm",
            "reference"]

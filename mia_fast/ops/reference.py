@@ -83,6 +83,41 @@ def aeppt_reference(probs: Tensor, w_pred: Tensor, b_pred: Tensor, w_hidden: Ten
                       stop_when_flipped=stop_when_flipped, renormalize=renormalize)
 
 
+def aeppt_event_counts(probs: Tensor, w_pred: Tensor, b_pred: Tensor, w_hidden: Tensor, class_table: Tensor,
+                       w_out: Tensor, b_out: Tensor, steps: Tensor, preserve_label: bool = False,
+                       stop_when_flipped: bool = False, renormalize: bool = False) -> Tensor:
+    """What the event-driven op counts, from the plain math: per sample [B, 2] int32, the iterations
+    whose step changed a ReLU mask (1[a1 > 0] or 1[a2 > 0]) of the folded substitute, and those whose
+    step brought a component to a bound of [0, 1] (it moved, and now equals 0 or 1). ``renormalize``
+    acts after the loop and changes no count."""
+    labels = probs.argmax(1)
+
+    def masks(p: Tensor) -> Tensor:
+        a1 = p @ w_pred.T + b_pred
+        a2 = torch.relu(a1) @ w_hidden.T + class_table[labels]
+        return torch.cat([a1 > 0, a2 > 0], 1)
+
+    def logit(p: Tensor, lab: Tensor) -> Tensor:
+        return folded_logit(p, lab, w_pred, b_pred, w_hidden, class_table, w_out, b_out)
+
+    counts = torch.zeros(probs.shape[0], 2, dtype=torch.int32)
+    previous = []
+
+    def on_step(t: int, adv: Tensor) -> None:
+        with torch.no_grad():
+            current = (adv.clone(), masks(adv))
+        if previous:
+            before, before_masks = previous.pop()
+            counts[:, 0] += (current[1] != before_masks).any(1).cpu().int()
+            reached = (adv != before) & ((adv == 0) | (adv == 1))
+            counts[:, 1] += reached.any(1).cpu().int()
+        previous.append(current)
+
+    aeppt_loop(probs, logit, steps, preserve_label=preserve_label, stop_when_flipped=stop_when_flipped,
+               on_step=on_step)
+    return counts.to(probs.device)
+
+
 def select_within_distance_reference(originals: Tensor, candidates: Tensor, losses: Tensor, eps: float,
                                      valid: Optional[Tensor] = None, squared: bool = False) -> Tuple[Tensor, Tensor]:
     """Reference of ``mia_fast::select_within_distance`` (Bai et al., Algorithm 1, per sample).

@@ -78,7 +78,8 @@ def draw_steps(iters: int, batch: int, eps: float, *, generator: Optional[torch.
 def aeppt(probs: Tensor, mim: Union[SubstituteMIM, FoldedMIM], eps: float, iters: int = 100, *,
           generator: Optional[torch.Generator] = None, preserve_label: bool = False,
           stop_when_flipped: bool = False, renormalize: bool = False, chunk_size: int = 65536,
-          check_inputs: bool = True, allow_unnormalized: bool = False, precision: str = "fp32") -> AEPPTResult:
+          check_inputs: bool = True, allow_unnormalized: bool = False, precision: str = "fp32",
+          algorithm: Optional[str] = None) -> AEPPTResult:
     """Defend confidence vectors with AEPPT (Xue et al., Algorithm 1).
 
     Args:
@@ -95,6 +96,8 @@ def aeppt(probs: Tensor, mim: Union[SubstituteMIM, FoldedMIM], eps: float, iters
         check_inputs: validate ``probs`` (finite, in [0, 1], rows sum to 1); costs a host sync on CUDA.
         allow_unnormalized: accept rows that do not sum to 1.
         precision: "fp32", or "3xtf32" on CUDA (tensor cores, about fp32 accuracy; see `ops.aeppt`).
+        algorithm: "events" (incremental forward passes with exact corrections) or "dense"; default
+            `ops.default_algorithm` of the device (events on CPU). Same results up to float32 rounding.
 
     Returns:
         An `AEPPTResult` with the defended vectors and per-sample statistics.
@@ -122,7 +125,7 @@ def aeppt(probs: Tensor, mim: Union[SubstituteMIM, FoldedMIM], eps: float, iters
         part = x[start:start + chunk_size]
         steps = draw_steps(iters, part.shape[0], eps, generator=generator, device=x.device)
         outs.append(ops.aeppt(part, *folded.weights(), steps, preserve_label, stop_when_flipped, renormalize,
-                              precision=precision))
+                              precision=precision, algorithm=algorithm))
     adv, before, after = (torch.cat(t) for t in zip(*outs)) if outs else (x.clone(), x[:, 0], x[:, 0])
     return AEPPTResult(
         adversarial=adv, score_before=before, score_after=after, l1=(adv - x).abs().sum(1),
@@ -137,7 +140,7 @@ class AEPPTDefense(nn.Module):
 
     Args:
         mim: the substitute membership-inference model I'.
-        eps, iters, preserve_label, stop_when_flipped, renormalize, precision: as in `aeppt`.
+        eps, iters, preserve_label, stop_when_flipped, renormalize, precision, algorithm: as in `aeppt`.
         generator: optional torch.Generator for reproducible steps; without one, steps are drawn
             from the global generator on the input's device (this also works under torch.compile).
         check_inputs: validate inputs in eager mode (skipped while compiling).
@@ -150,11 +153,15 @@ class AEPPTDefense(nn.Module):
 
     def __init__(self, mim: Union[SubstituteMIM, FoldedMIM], *, eps: float, iters: int = 100,
                  preserve_label: bool = False, stop_when_flipped: bool = False, renormalize: bool = False,
-                 generator: Optional[torch.Generator] = None, check_inputs: bool = True, precision: str = "fp32"):
+                 generator: Optional[torch.Generator] = None, check_inputs: bool = True, precision: str = "fp32",
+                 algorithm: Optional[str] = None):
         super().__init__()
         if eps < 0 or iters < 0:
             raise ValueError(f"eps and iters must be >= 0, got eps={eps}, iters={iters}")
         ops.check_precision(precision)
+        if algorithm is not None:
+            ops.check_algorithm(algorithm, precision)
+        self.algorithm = algorithm
         self.folded = _folded(mim, torch.device("cpu"))
         self.eps, self.iters = float(eps), int(iters)
         self.preserve_label, self.stop_when_flipped, self.renormalize = preserve_label, stop_when_flipped, renormalize
@@ -165,7 +172,7 @@ class AEPPTDefense(nn.Module):
     def extra_repr(self) -> str:
         return (f"classes={self.folded.num_classes}, eps={self.eps}, iters={self.iters}, "
                 f"preserve_label={self.preserve_label}, stop_when_flipped={self.stop_when_flipped}, "
-                f"renormalize={self.renormalize}, precision={self.precision}")
+                f"renormalize={self.renormalize}, precision={self.precision}, algorithm={self.algorithm}")
 
     def forward(self, probs: Tensor) -> Tensor:
         if self.check_inputs and not torch.compiler.is_compiling():
@@ -173,7 +180,7 @@ class AEPPTDefense(nn.Module):
         x = probs.detach().to(torch.float32).contiguous()
         steps = draw_steps(self.iters, x.shape[0], self.eps, generator=self.generator, device=x.device)
         adv, _, _ = ops.aeppt(x, *self.folded.weights(), steps, self.preserve_label, self.stop_when_flipped,
-                              self.renormalize, precision=self.precision)
+                              self.renormalize, precision=self.precision, algorithm=self.algorithm)
         return adv.to(probs.dtype)
 
 
@@ -199,13 +206,16 @@ class AEPPT(OutputDefense):
 
     def __init__(self, *, eps: Optional[float] = None, iters: int = 100, mim_epochs: int = 100,
                  preserve_label: bool = False, stop_when_flipped: bool = False, renormalize: bool = False,
-                 precision: str = "fp32", chunk_size: int = 65536):
+                 precision: str = "fp32", chunk_size: int = 65536, algorithm: Optional[str] = None):
         if eps is not None and not eps >= 0:
             raise ValueError(f"aeppt: eps must be >= 0, got {eps!r}")
         if iters < 0 or mim_epochs < 1 or chunk_size < 1:
             raise ValueError(f"aeppt: need iters >= 0, mim_epochs >= 1, chunk_size >= 1; got iters={iters}, "
                              f"mim_epochs={mim_epochs}, chunk_size={chunk_size}")
         ops.check_precision(precision)
+        if algorithm is not None:
+            ops.check_algorithm(algorithm, precision)
+        self.algorithm = algorithm
         self.eps, self.iters, self.mim_epochs = eps, int(iters), int(mim_epochs)
         self.preserve_label, self.stop_when_flipped = bool(preserve_label), bool(stop_when_flipped)
         self.renormalize, self.precision, self.chunk_size = bool(renormalize), precision, int(chunk_size)
@@ -251,5 +261,5 @@ class AEPPT(OutputDefense):
         res = aeppt(probs.contiguous(), self.substitute, self.eps, self.iters, generator=generator,
                     preserve_label=self.preserve_label, stop_when_flipped=self.stop_when_flipped,
                     renormalize=self.renormalize, chunk_size=self.chunk_size, check_inputs=False,
-                    precision=self.precision)
+                    precision=self.precision, algorithm=self.algorithm)
         return res.adversarial, {"decision_flipped": res.decision_flipped}

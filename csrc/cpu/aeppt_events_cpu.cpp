@@ -1,0 +1,637 @@
+// Event-driven CPU kernel for AEPPT (Xue et al., Algorithm 1) on the label-folded substitute MIM:
+// the same results as the dense kernel (aeppt_cpu.cpp), paying only for what changes between iterations.
+//
+// While the ReLU masks m1, m2 and the set of moving components hold, the input moves by steps[t] * d
+// (d = the signed gradient direction, zero where a component is stuck at a bound), so with
+// u = W_p d and w = W_a (m1 * u) the forward pass is a1 += steps[t] * u, a2 += steps[t] * w: O(H1 + H2)
+// per iteration instead of O(C H1 + H1 H2). Every change is an exact low-rank correction:
+//   - a component reaching a bound: one column of W_p out of u (H1), and W_a (m1 * column) for a2, w;
+//   - a unit of m1 flipping: one column of W_a for a2 and w (H2), one row of W_p for v (C);
+//   - a unit of m2 flipping: g1 and v are recomputed over the active units (as the dense kernel does);
+//   - a component of d changing sign: its column of W_p in u and W_a (m1 * column) in w.
+// Rounding drifts the incremental pre-activations away from what a fresh forward pass computes. Each
+// sample carries a bound on that drift; whenever a pre-activation, the logit or a gradient component is
+// within its bound of 0 (or of a decision threshold), the sample is recomputed exactly, so a mask, a
+// flip or a step sign is never decided by drift. An exact refresh also runs every kRefreshEvery
+// iterations. The op reports, per sample, the iterations with a mask change, those in which a
+// component reached a bound, and the exact refreshes.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include <cstring>
+
+#include "folded_mim.h"
+
+namespace mia_fast {
+namespace cpu {
+namespace {
+
+constexpr int64_t kRefreshEvery = 128;
+// Growth of the drift bounds (in ulps of the pre-activations) a linear segment may absorb.
+constexpr float kSegmentSlack = 32.f;  // iterations between exact refreshes of a sample
+
+typedef int32_t vint __attribute__((vector_size(kVecWidth * sizeof(int32_t))));
+
+// Sizes of the weights that bound how rounding errors propagate.
+struct DriftScale {
+  float wp_max;   // max |W_p|
+  float wa_max;   // max |W_a|
+  float wa_rows;  // max_o sum_i |W_a[o][i]|
+  float wp_cols;  // max_j sum_i |W_p[i][j]|
+  float w3_sum;   // sum_o |w3[o]|
+};
+
+DriftScale drift_scale(const PackedMim& m) {
+  DriftScale d{0.f, 0.f, 0.f, 0.f, 0.f};
+  std::vector<float> cols(m.Cp, 0.f);
+  for (int64_t i = 0; i < m.H1p; ++i)
+    for (int64_t j = 0; j < m.Cp; ++j) {
+      d.wp_max = std::max(d.wp_max, std::fabs(m.wp[i * m.Cp + j]));
+      cols[j] += std::fabs(m.wp[i * m.Cp + j]);
+    }
+  for (float c : cols) d.wp_cols = std::max(d.wp_cols, c);
+  for (int64_t o = 0; o < m.H2p; ++o) {
+    float row = 0.f;
+    for (int64_t i = 0; i < m.H1p; ++i) {
+      row += std::fabs(m.wa[o * m.H1p + i]);
+      d.wa_max = std::max(d.wa_max, std::fabs(m.wa[o * m.H1p + i]));
+    }
+    d.wa_rows = std::max(d.wa_rows, row);
+  }
+  for (int64_t o = 0; o < m.H2p; ++o) d.w3_sum += std::fabs(m.w3[o]);
+  return d;
+}
+
+inline vfloat vabs(vfloat v) {
+  typedef uint32_t vuint __attribute__((vector_size(kVecWidth * sizeof(uint32_t))));
+  return (vfloat)((vuint)v & 0x7fffffffu);
+}
+inline float hmax(vfloat v) {
+  float r = v[0];
+  for (int l = 1; l < kVecWidth; ++l) r = std::max(r, v[l]);
+  return r;
+}
+inline float hmin(vfloat v) {
+  float r = v[0];
+  for (int l = 1; l < kVecWidth; ++l) r = std::min(r, v[l]);
+  return r;
+}
+// max |x[0:n]| (n a multiple of kVecWidth; pads are 0).
+inline float abs_max(const float* x, int64_t n) {
+  vfloat r = vbroadcast(0.f);
+  for (int64_t i = 0; i < n; i += kVecWidth) {
+    const vfloat a = vabs(vload(x + i));
+    r = a > r ? a : r;
+  }
+  return hmax(r);
+}
+// min |x[0:n_real]| over a padded x[0:n] (n a multiple of kVecWidth).
+inline float abs_min(const float* x, int64_t n, int64_t n_real) {
+  const vfloat inf = vbroadcast(INFINITY);
+  vfloat r = inf;
+  vint lane;
+  for (int l = 0; l < kVecWidth; ++l) lane[l] = l;
+  const vint limit = lane - lane + int32_t(n_real);
+  for (int64_t i = 0; i < n; i += kVecWidth, lane += kVecWidth) {
+    const vfloat a = lane < limit ? vabs(vload(x + i)) : inf;
+    r = a < r ? a : r;
+  }
+  return hmin(r);
+}
+inline bool any_lane(vint v) {  // an OR over 64-bit words, not over lanes: a few instructions
+  uint64_t words[kVecWidth / 2];
+  std::memcpy(words, &v, sizeof(v));
+  uint64_t r = 0;
+  for (int l = 0; l < kVecWidth / 2; ++l) r |= words[l];
+  return r != 0;
+}
+
+// Keeps the sorted list of active units in step with one unit switching on or off.
+inline void switch_unit(int32_t* list, int64_t* n, int32_t unit, bool on) {
+  int32_t* at = std::lower_bound(list, list + *n, unit);
+  if (on) {
+    std::memmove(at + 1, at, sizeof(int32_t) * (list + *n - at));
+    *at = unit;
+    ++*n;
+  } else {
+    std::memmove(at, at + 1, sizeof(int32_t) * (list + *n - at - 1));
+    --*n;
+  }
+}
+// Positions i < n (a multiple of kVecWidth) where x and mask (1 = positive) disagree on the sign of x,
+// into idx; returns how many. Changes are rare, so whole vectors are tested first.
+inline int64_t sign_changes(const float* x, const float* mask, int64_t n, int32_t* idx) {
+  const vfloat zero = vbroadcast(0.f);
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; i += kVecWidth) {
+    const vint d = (vload(x + i) > zero) != (vload(mask + i) > zero);
+    if (!any_lane(d)) continue;
+    for (int l = 0; l < kVecWidth; ++l)
+      if (d[l] != 0) idx[count++] = int32_t(i + l);
+  }
+  return count;
+}
+inline float sign_of(float x) { return float((x > 0.f) - (x < 0.f)); }
+
+// y[0:n] += a * x[0:n], n a multiple of kVecWidth (explicit vectors: the buffers may alias for all the
+// compiler knows).
+inline void axpy(float* y, float a, const float* x, int64_t n) {
+  const vfloat av = vbroadcast(a);
+  for (int64_t i = 0; i < n; i += kVecWidth) vstore(y + i, vload(y + i) + av * vload(x + i));
+}
+
+// A component that does not move: no step direction, or the step pushes it further out of [0, 1].
+inline bool stuck(float p, float dir) { return dir == 0.f || (dir > 0.f && p >= 1.f) || (dir < 0.f && p <= 0.f); }
+
+// x[0:n] += s * y (+ extra when given). Returns whether a real entry (index < n_real; the rest are
+// pads) is within `bound` of 0, and whether an entry's sign now differs from mask (1 = positive); n is a
+// multiple of kVecWidth. Both are OR-reductions, so the loop has no long dependency chain.
+struct Scan {
+  bool near_zero, flips;
+};
+Scan step_and_scan(float* x, const float* y, float s, const float* extra, const float* mask, int64_t n,
+                   int64_t n_real, float bound) {
+  const vfloat zero = vbroadcast(0.f), sv = vbroadcast(s), bv = vbroadcast(bound);
+  vint near = {}, flips = {}, lane;
+  for (int l = 0; l < kVecWidth; ++l) lane[l] = l;
+  const vint limit = lane - lane + int32_t(n_real);
+  for (int64_t i = 0; i < n; i += kVecWidth, lane += kVecWidth) {
+    vfloat xv = vload(x + i) + sv * vload(y + i);
+    if (extra != nullptr) xv += vload(extra + i);
+    vstore(x + i, xv);
+    near |= (vabs(xv) <= bv) & (lane < limit);
+    flips |= (xv > zero) != (vload(mask + i) > zero);
+  }
+  return Scan{any_lane(near), any_lane(flips)};
+}
+
+// out_a = sum_q xa[idx[q]] w[idx[q]], out_b = sum_q xb[idx[q]] w[idx[q]] in one pass over the rows.
+void gather_rows_pair(const int32_t* idx, int64_t n, const float* xa, const float* xb, const float* w,
+                      int64_t width, float* out_a, float* out_b) {
+  constexpr int kChunk = 4;
+  int64_t c0 = 0;
+  for (; c0 + kChunk * kVecWidth <= width; c0 += kChunk * kVecWidth) {
+    vfloat acc_a[kChunk], acc_b[kChunk];
+    for (int v = 0; v < kChunk; ++v) acc_a[v] = acc_b[v] = vbroadcast(0.f);
+    for (int64_t q = 0; q < n; ++q) {
+      const float ga = xa[idx[q]], gb = xb[idx[q]];
+      const float* row = w + idx[q] * width + c0;
+      for (int v = 0; v < kChunk; ++v) {
+        const vfloat r = vload(row + v * kVecWidth);
+        acc_a[v] += ga * r;
+        acc_b[v] += gb * r;
+      }
+    }
+    for (int v = 0; v < kChunk; ++v) {
+      vstore(out_a + c0 + v * kVecWidth, acc_a[v]);
+      vstore(out_b + c0 + v * kVecWidth, acc_b[v]);
+    }
+  }
+  for (; c0 < width; c0 += kVecWidth) {
+    vfloat acc_a = vbroadcast(0.f), acc_b = vbroadcast(0.f);
+    for (int64_t q = 0; q < n; ++q) {
+      const vfloat r = vload(w + idx[q] * width + c0);
+      acc_a += xa[idx[q]] * r;
+      acc_b += xb[idx[q]] * r;
+    }
+    vstore(out_a + c0, acc_a);
+    vstore(out_b + c0, acc_b);
+  }
+}
+
+constexpr float kUlp = 1.1920929e-7f;  // 2^-23: two unit roundoffs per accumulated operation
+
+// One worker's state, reused sample after sample; every buffer padded like the packed weights.
+class EventRunner {
+ public:
+  EventRunner(const PackedMim& m, const DriftScale& d, AepptOptions opt)
+      : m_(m), d_(d), opt_(opt), p_(m.Cp), trial_(m.Cp), dir_(m.Cp), move_(m.Cp), v_(m.Cp), dv_(m.Cp),
+        coef_(m.Cp), a1_(m.H1p), u_(m.H1p), g1_(m.H1p), m1_(m.H1p), col_(m.H1p), col2_(m.H1p), a2_(m.H2p),
+        w_(m.H2p), m2_(m.H2p), tmp_(m.H2p), tmp2_(m.H2p), all_(m.Cp), act1_(m.H1p), act2_(m.H2p),
+        flip1_(m.H1p), flip2_(m.H2p), idx_(m.Cp) {
+    for (int64_t j = 0; j < m.Cp; ++j) all_[j] = int32_t(j);
+  }
+
+  // Algorithm 1 on one sample from its first forward pass (a1, a2, z of the dense block forward);
+  // p [Cp] holds the input and receives the defended vector. events = {iterations with a mask change,
+  // iterations in which a component reached a bound, exact refreshes}.
+  void run(float* p, int64_t label, const float* a1, const float* a2, float z0, const float* steps, int64_t stride,
+           int64_t T, float* score_in, int32_t* events) {
+    const int64_t C = m_.C;
+    std::copy_n(p, m_.Cp, p_.begin());
+    label_ = label;
+    std::copy_n(a1, m_.H1p, a1_.begin());
+    std::copy_n(a2, m_.H2p, a2_.begin());
+    take_masks();
+    float sig = sigmoid(z0);
+    *score_in = sig;
+    target_ = sig >= 0.5f ? 1.f : 0.f;
+    sigma_ = target_ > 0.f ? -1.f : 1.f;  // sign(sigmoid(z) - Y) whenever it is not 0
+    direction_exact();
+    mask_events_ = bound_events_ = refreshes_ = 0;
+    bool counted = false;  // whether the latest iteration was counted as a mask change
+    begin_segment();
+    for (int64_t t = 0; t < T; ++t) {
+      if (t > 0) {
+        float z = z_base_ + pending_ * z_slope_;
+        if (ambiguous(z)) {
+          refresh(counted);  // the masks of p_t belong to the previous iteration
+          z = z_base_;
+        }
+        sig = sigmoid(z);
+      }
+      if (opt_.stop_when_flipped && (sig >= 0.5f ? 1.f : 0.f) != target_) break;
+      counted = false;
+      // sign(dJ/dz) = sign(sigmoid(z) - Y); zero when sigmoid(z) rounds to Y exactly: no step.
+      if (float((sig > target_) - (sig < target_)) == 0.f) continue;
+      const float s = steps[t * stride];
+      const bool reaches_bound = propose(s);
+      if (opt_.preserve_label && !argmax_is(trial_.data(), C, label_)) continue;
+      // Drift of this step: rounding of a1 += s u and of p's own update (|dp - s move| <= ulp(p)),
+      // carried into a2 through W_a; u and w carry their own bounds.
+      a1_max_ += s * u_max_;
+      a2_max_ += s * w_max_;
+      e1_ += kUlp * (a1_max_ + s * u_max_ + d_.wp_max * psum_) + s * eu_;
+      e2_ += kUlp * (a2_max_ + s * w_max_ + d_.wa_rows * d_.wp_max * psum_) + s * ew_;
+      const bool periodic = (t + 1) % kRefreshEvery == 0 && t + 1 < T;
+      if (!reaches_bound && !periodic && pending_ + s < horizon_ && e1_ < e1_limit_ && e2_ < e2_limit_) {
+        // Inside the segment no unit can reach 0: a1, a2 and z move linearly, applied when it ends.
+        std::copy(trial_.begin(), trial_.end(), p_.begin());
+        pending_ += s;
+        continue;
+      }
+      const int64_t nbound = reaches_bound ? take_bounds(s) : 0;
+      std::copy(trial_.begin(), trial_.end(), p_.begin());
+      const float moved = pending_ + s;
+      const Scan s1 = step_and_scan(a1_.data(), u_.data(), moved, nbound > 0 ? col_.data() : nullptr, m1_.data(),
+                                    m_.H1p, m_.H1, e1_);
+      const Scan s2 = step_and_scan(a2_.data(), w_.data(), moved, nullptr, m2_.data(), m_.H2p, m_.H2, e2_);
+      pending_ = 0.f;
+      if (nbound > 0) {
+        // a2 += W_a (m1 * residual columns); the stuck columns leave u and w (m1 as before this step).
+        gather_rows_pair(act1_.data(), n1_, col_.data(), col2_.data(), m_.wa_t.data(), m_.H2p, tmp_.data(),
+                         tmp2_.data());
+        axpy(a2_.data(), 1.f, tmp_.data(), m_.H2p);
+        axpy(w_.data(), -1.f, tmp2_.data(), m_.H2p);
+        axpy(u_.data(), -1.f, col2_.data(), m_.H1p);
+        e2_ += kUlp * d_.wa_rows * abs_max(col_.data(), m_.H1p);
+        track_maxima();
+        eu_ += kUlp * float(nbound) * d_.wp_max;
+        ew_ += kUlp * float(nbound) * d_.wa_rows * d_.wp_max;
+        ++bound_events_;
+      }
+      if (s1.near_zero) {  // a unit of a1 too close to 0 for the incremental value to decide its mask
+        refresh(false);
+        continue;
+      }
+      // Units of m1 that flipped: a2 and w gain or lose their column of W_a.
+      int64_t nflip1 = 0;
+      if (s1.flips) {
+        nflip1 = sign_changes(a1_.data(), m1_.data(), m_.H1p, flip1_.data());
+        for (int64_t q = 0; q < nflip1; ++q) {
+          const int64_t i = flip1_[q];
+          const float sgn = a1_[i] > 0.f ? 1.f : -1.f;
+          const float* col = &m_.wa_t[i * m_.H2p];
+          axpy(a2_.data(), sgn * a1_[i], col, m_.H2p);
+          axpy(w_.data(), sgn * u_[i], col, m_.H2p);
+          e2_ += d_.wa_max * (e1_ + kUlp * std::fabs(a1_[i]));
+          ew_ += kUlp * std::fabs(u_[i]) * d_.wa_max;
+        }
+      }
+      bool flips2 = s2.flips, near2 = s2.near_zero;
+      if (nbound > 0 || nflip1 > 0) {  // a2 changed after its scan
+        flips2 = sign_changes(a2_.data(), m2_.data(), m_.H2p, flip2_.data()) > 0;
+        near2 = abs_min(a2_.data(), m_.H2p, m_.H2) <= e2_;
+        track_maxima();
+      }
+      if (near2) {
+        refresh(false);
+        continue;
+      }
+      if (nflip1 > 0 || flips2) {
+        update_gradient(nflip1);
+        redirect();
+        ++mask_events_;
+        counted = true;
+      }
+      if (periodic) {
+        refresh(counted);
+      } else {
+        begin_segment();
+      }
+    }
+    if (opt_.renormalize) renormalize_row(p_.data(), C);
+    std::copy_n(p_.begin(), m_.Cp, p);
+    events[0] = mask_events_;
+    events[1] = bound_events_;
+    events[2] = refreshes_;
+  }
+
+ private:
+  float logit() const {
+    vfloat acc = vbroadcast(0.f);
+    const vfloat zero = vbroadcast(0.f);
+    for (int64_t o = 0; o < m_.H2p; o += kVecWidth) {
+      const vfloat a = vload(&a2_[o]);
+      acc += (a > zero ? a : zero) * vload(&m_.w3[o]);
+    }
+    float total = m_.b3;
+    for (int l = 0; l < kVecWidth; ++l) total += acc[l];
+    return total;
+  }
+
+  // A new linear segment from the current (exact or incremental) state: z and its slope along w, and
+  // the horizon: the accumulated step after which a unit of a1 or a2 heading for 0 could be within
+  // the drift bound of it (the bound may grow by its slack, then the segment ends anyway).
+  void begin_segment() {
+    pending_ = 0.f;
+    z_base_ = logit();
+    vfloat slope = vbroadcast(0.f);
+    for (int64_t o = 0; o < m_.H2p; o += kVecWidth) slope += vload(&m2_[o]) * vload(&m_.w3[o]) * vload(&w_[o]);
+    z_slope_ = 0.f;
+    for (int l = 0; l < kVecWidth; ++l) z_slope_ += slope[l];
+    e1_limit_ = e1_ + kSegmentSlack * kUlp * (a1_max_ + d_.wp_max);
+    e2_limit_ = e2_ + kSegmentSlack * kUlp * (a2_max_ + d_.wa_rows * d_.wp_max);
+    horizon_ = std::min(horizon(a1_.data(), u_.data(), m_.H1p, m_.H1, e1_limit_),
+                        horizon(a2_.data(), w_.data(), m_.H2p, m_.H2, e2_limit_));
+  }
+
+  // min over entries with x * y < 0 of (|x| - guard) / |y|: how far x can move along y before an entry
+  // comes within guard of 0 (0 when one is there already, infinity when none heads for 0). n is a
+  // multiple of kVecWidth; entries from n_real on are pads.
+  static float horizon(const float* x, const float* y, int64_t n, int64_t n_real, float guard) {
+    const vfloat zero = vbroadcast(0.f), inf = vbroadcast(INFINITY), g = vbroadcast(guard);
+    vfloat h = inf;
+    vint there = {}, lane;
+    for (int l = 0; l < kVecWidth; ++l) lane[l] = l;
+    const vint limit = lane - lane + int32_t(n_real);
+    for (int64_t i = 0; i < n; i += kVecWidth, lane += kVecWidth) {
+      const vfloat xv = vload(x + i), yv = vload(y + i);
+      const vint real = lane < limit;
+      const vfloat room = vabs(xv) - g;
+      there |= (room <= zero) & real;
+      const vfloat reach = (xv * yv < zero) & real ? room / vabs(yv) : inf;
+      h = reach < h ? reach : h;
+    }
+    return any_lane(there) ? 0.f : hmin(h);
+  }
+
+  // True when drift could change what the logit decides: the flip test (z >= 0) or whether
+  // sigmoid(z) rounds to the target (no step).
+  bool ambiguous(float z) const {
+    const float ez = d_.w3_sum * e2_ + kUlp * std::fabs(z);
+    if (e2_ == 0.f) return false;
+    // The decisions change only near z = 0 and where sigmoid saturates (z > 16.6, z < -88.7).
+    if (std::fabs(z) > ez && std::fabs(z) + ez < 15.f) return false;
+    auto decide = [&](float zz) {
+      const float sg = sigmoid(zz);
+      return int(sg >= 0.5f) * 4 + int(sg > target_) * 2 + int(sg < target_);
+    };
+    return decide(z - ez) != decide(z + ez);
+  }
+
+  // trial = clip(p + s * move, 0, 1), psum = its sum; true when a moving component reaches a bound.
+  bool propose(float s) {
+    const vfloat sv = vbroadcast(s), zero = vbroadcast(0.f), one = vbroadcast(1.f);
+    vfloat sum = zero;
+    vint hit = {};
+    for (int64_t j = 0; j < m_.Cp; j += kVecWidth) {
+      const vfloat mv = vload(&move_[j]);
+      vfloat tv = vload(&p_[j]) + sv * mv;
+      tv = tv < zero ? zero : tv;
+      tv = tv > one ? one : tv;
+      vstore(&trial_[j], tv);
+      sum += tv;
+      hit |= ((mv > zero) & (tv >= one)) | ((mv < zero) & (tv <= zero));
+    }
+    psum_ = 0.f;
+    bool any = false;
+    for (int l = 0; l < kVecWidth; ++l) {
+      psum_ += sum[l];
+      any |= hit[l] != 0;
+    }
+    return any;
+  }
+
+  // Components that reach a bound this step: col = W_p (clipped part of their step), col2 = W_p (their
+  // old direction); they stop moving. Returns how many.
+  int64_t take_bounds(float s) {
+    const vfloat zero = vbroadcast(0.f), one = vbroadcast(1.f);
+    int64_t n = 0;
+    for (int64_t j0 = 0; j0 < m_.Cp; j0 += kVecWidth) {
+      const vfloat mv = vload(&move_[j0]), tv = vload(&trial_[j0]);
+      if (!any_lane(((mv > zero) & (tv >= one)) | ((mv < zero) & (tv <= zero)))) continue;
+      for (int64_t j = j0; j < j0 + kVecWidth; ++j)
+        if (move_[j] != 0.f && stuck(trial_[j], move_[j])) {
+          coef_[j] = (trial_[j] - p_[j]) - s * move_[j];
+          idx_[n++] = int32_t(j);
+        }
+    }
+    gather_rows_pair(idx_.data(), n, coef_.data(), move_.data(), m_.wp_t.data(), m_.H1p, col_.data(),
+                     col2_.data());
+    for (int64_t q = 0; q < n; ++q) move_[idx_[q]] = 0.f;
+    return n;
+  }
+
+  // The masks take their new values; v follows: a flipped unit of m1 adds or removes its row of W_p
+  // (times the old g1), a flipped unit of m2 changes g1 by its row of W_a, which reaches v through W_p^T
+  // over the new m1. v is recomputed exactly when drift could decide one of its signs.
+  void update_gradient(int64_t nflip1) {
+    for (int64_t q = 0; q < nflip1; ++q) {
+      const int64_t i = flip1_[q];
+      const float sgn = a1_[i] > 0.f ? 1.f : -1.f;
+      m1_[i] = a1_[i] > 0.f ? 1.f : 0.f;
+      switch_unit(act1_.data(), &n1_, int32_t(i), a1_[i] > 0.f);
+      const float* row = &m_.wp[i * m_.Cp];
+      axpy(v_.data(), sgn * g1_[i], row, m_.Cp);
+      ev_ += kUlp * std::fabs(g1_[i]) * d_.wp_max;
+    }
+    const int64_t nflip2 = sign_changes(a2_.data(), m2_.data(), m_.H2p, flip2_.data());
+    for (int64_t q = 0; q < nflip2; ++q) {
+      const int32_t o = flip2_[q];
+      m2_[o] = a2_[o] > 0.f ? 1.f : 0.f;
+      switch_unit(act2_.data(), &n2_, o, a2_[o] > 0.f);
+    }
+    if (nflip2 > 0) {
+      std::fill(col_.begin(), col_.end(), 0.f);
+      for (int64_t q = 0; q < nflip2; ++q) {
+        const int64_t o = flip2_[q];
+        const float g = (m2_[o] > 0.f ? 1.f : -1.f) * m_.w3[o];
+        const float* row = &m_.wa[o * m_.H1p];
+        axpy(col_.data(), g, row, m_.H1p);
+      }
+      axpy(g1_.data(), 1.f, col_.data(), m_.H1p);
+      gather_rows(act1_.data(), n1_, col_.data(), m_.wp.data(), m_.Cp, dv_.data());
+      axpy(v_.data(), 1.f, dv_.data(), m_.Cp);
+      ev_ += kUlp * d_.wp_cols * (abs_max(col_.data(), m_.H1p) + abs_max(g1_.data(), m_.H1p));
+    }
+    ev_ += kUlp * abs_max(v_.data(), m_.Cp);
+    if (abs_min(v_.data(), m_.Cp, m_.C) <= ev_) gradient_exact();
+  }
+
+  // Maxima of |a1|, |a2|, |u|, |w| for the drift bounds (between events a1, a2 grow by at most s u, s w).
+  void track_maxima() {
+    a1_max_ = abs_max(a1_.data(), m_.H1p);
+    a2_max_ = abs_max(a2_.data(), m_.H2p);
+    u_max_ = abs_max(u_.data(), m_.H1p);
+    w_max_ = abs_max(w_.data(), m_.H2p);
+  }
+
+  // a1, a2 and the masks from p, as a fresh forward pass; their drift bounds back to 0.
+  void forward_exact() {
+    gather_rows(all_.data(), m_.C, p_.data(), m_.wp_t.data(), m_.H1p, a1_.data());
+    for (int64_t i = 0; i < m_.H1p; ++i) a1_[i] += m_.bp[i];
+    n1_ = active_units(a1_.data(), m_.H1p, act1_.data());
+    gather_rows(act1_.data(), n1_, a1_.data(), m_.wa_t.data(), m_.H2p, a2_.data());
+    const float* c = &m_.table[label_ * m_.H2p];
+    for (int64_t o = 0; o < m_.H2p; ++o) a2_[o] += c[o];
+    take_masks();
+  }
+
+  // The masks and active-unit lists of the current a1, a2, which are exact: drift bounds back to 0.
+  void take_masks() {
+    for (int64_t i = 0; i < m_.H1p; ++i) m1_[i] = a1_[i] > 0.f ? 1.f : 0.f;
+    for (int64_t o = 0; o < m_.H2p; ++o) m2_[o] = a2_[o] > 0.f ? 1.f : 0.f;
+    n1_ = active_units(m1_.data(), m_.H1p, act1_.data());
+    n2_ = active_units(m2_.data(), m_.H2p, act2_.data());
+    e1_ = e2_ = 0.f;
+  }
+
+  // g1 = W_a^T(m2 * w3) and v = W_p^T(m1 * g1) over the active units, as the dense kernel computes them.
+  void gradient_exact() {
+    gather_rows(act2_.data(), n2_, m_.w3.data(), m_.wa.data(), m_.H1p, g1_.data());
+    gather_rows(act1_.data(), n1_, g1_.data(), m_.wp.data(), m_.Cp, v_.data());
+    ev_ = 0.f;
+  }
+
+  // The step direction from the gradient, then u = W_p move and w = W_a (m1 * u).
+  void direction_exact() {
+    gradient_exact();
+    int64_t nmove = 0;
+    for (int64_t j = 0; j < m_.C; ++j) {
+      dir_[j] = sigma_ * sign_of(v_[j]);
+      move_[j] = stuck(p_[j], dir_[j]) ? 0.f : dir_[j];
+      if (move_[j] != 0.f) idx_[nmove++] = int32_t(j);
+    }
+    gather_rows(idx_.data(), nmove, move_.data(), m_.wp_t.data(), m_.H1p, u_.data());
+    gather_rows(act1_.data(), n1_, u_.data(), m_.wa_t.data(), m_.H2p, w_.data());
+    eu_ = ew_ = 0.f;
+    track_maxima();
+  }
+
+  // After v changed: components whose direction changed move u by their column and w by W_a (m1 * it).
+  void redirect() {
+    const vfloat zero = vbroadcast(0.f), sigma = vbroadcast(sigma_);
+    int64_t n = 0;
+    for (int64_t j0 = 0; j0 < m_.Cp; j0 += kVecWidth) {
+      const vfloat v = vload(&v_[j0]);
+      const vfloat dir = sigma * __builtin_convertvector((v < zero) - (v > zero), vfloat);
+      if (!any_lane(dir != vload(&dir_[j0]))) continue;
+      for (int64_t j = j0; j < j0 + kVecWidth; ++j) {
+        if (dir[j - j0] == dir_[j]) continue;
+        dir_[j] = dir[j - j0];
+        const float move = stuck(p_[j], dir_[j]) ? 0.f : dir_[j];
+        if (move != move_[j]) {
+          coef_[j] = move - move_[j];
+          move_[j] = move;
+          idx_[n++] = int32_t(j);
+        }
+      }
+    }
+    if (n == 0) return;
+    gather_rows(idx_.data(), n, coef_.data(), m_.wp_t.data(), m_.H1p, col_.data());
+    axpy(u_.data(), 1.f, col_.data(), m_.H1p);
+    gather_rows(act1_.data(), n1_, col_.data(), m_.wa_t.data(), m_.H2p, tmp_.data());
+    axpy(w_.data(), 1.f, tmp_.data(), m_.H2p);
+    track_maxima();
+    eu_ += kUlp * float(n) * d_.wp_max;
+    ew_ += kUlp * float(n) * d_.wa_rows * d_.wp_max;
+  }
+
+  // The whole state recomputed from p. When the exact masks differ from the tracked ones, that is a
+  // mask change of the latest iteration (counted unless it was already).
+  void refresh(bool counted) {
+    std::copy(m1_.begin(), m1_.end(), col_.begin());
+    std::copy(m2_.begin(), m2_.end(), tmp_.begin());
+    forward_exact();
+    const bool differ = !std::equal(m1_.begin(), m1_.end(), col_.begin()) ||
+                        !std::equal(m2_.begin(), m2_.end(), tmp_.begin());
+    direction_exact();
+    begin_segment();
+    if (differ && !counted) ++mask_events_;
+    ++refreshes_;
+  }
+
+  const PackedMim& m_;
+  const DriftScale& d_;
+  const AepptOptions opt_;
+  std::vector<float> p_, trial_, dir_, move_, v_, dv_, coef_;  // [Cp]
+  std::vector<float> a1_, u_, g1_, m1_, col_, col2_;           // [H1p]
+  std::vector<float> a2_, w_, m2_, tmp_, tmp2_;                // [H2p]
+  std::vector<int32_t> all_, act1_, act2_, flip1_, flip2_, idx_;
+  int64_t n1_ = 0, n2_ = 0, label_ = 0;
+  float target_ = 0.f, sigma_ = 0.f, psum_ = 0.f;
+  float a1_max_ = 0.f, a2_max_ = 0.f, u_max_ = 0.f, w_max_ = 0.f;
+  // The current linear segment: step accumulated since a1, a2 were last updated, the logit at its
+  // start and its slope, the horizon and the drift bounds at which it ends.
+  float pending_ = 0.f, z_base_ = 0.f, z_slope_ = 0.f, horizon_ = 0.f, e1_limit_ = 0.f, e2_limit_ = 0.f;
+  int32_t mask_events_ = 0, bound_events_ = 0, refreshes_ = 0;
+  // Drift bounds: of a1, a2 (against a fresh forward pass), of u, w and v (against fresh sums).
+  float e1_ = 0.f, e2_ = 0.f, eu_ = 0.f, ew_ = 0.f, ev_ = 0.f;
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> aeppt_events_cpu(
+    const at::Tensor& probs, const at::Tensor& w_pred, const at::Tensor& b_pred, const at::Tensor& w_hidden,
+    const at::Tensor& class_table, const at::Tensor& w_out, const at::Tensor& b_out, const at::Tensor& steps,
+    bool preserve_label, bool stop_when_flipped, bool renormalize) {
+  const AepptShape s = check_aeppt_args(probs, w_pred, b_pred, w_hidden, class_table, w_out, b_out, steps);
+  const PackedMim m = pack(w_pred, b_pred, w_hidden, class_table, w_out, b_out);
+  const DriftScale d = drift_scale(m);
+  auto adv = at::empty_like(probs);
+  auto score_in = at::empty({s.batch}, probs.options());
+  auto score_out = at::empty({s.batch}, probs.options());
+  auto events = at::zeros({s.batch, 3}, probs.options().dtype(at::kInt));
+  const AepptOptions opt{preserve_label, stop_when_flipped, renormalize};
+  const float* pp = probs.data_ptr<float>();
+  const float* st = steps.data_ptr<float>();
+  float *ap = adv.data_ptr<float>(), *si = score_in.data_ptr<float>(), *so = score_out.data_ptr<float>();
+  int32_t* ev = events.data_ptr<int32_t>();
+  const int64_t B = s.batch, C = s.classes, T = s.iters;
+  const int64_t Cp = m.Cp, H1p = m.H1p, H2p = m.H2p;
+  // The first and the last forward pass of each block of kBlock samples run dense (block_forward, as
+  // the dense kernel computes them); everything in between is the per-sample event loop.
+  at::parallel_for(0, (B + kBlock - 1) / kBlock, 1, [&](int64_t begin, int64_t end) {
+    EventRunner runner(m, d, opt);
+    std::vector<float> p(kBlock * Cp), a1(kBlock * H1p), h1(kBlock * H1p), a2(kBlock * H2p);
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t b0 = blk * kBlock;
+      const int nvalid = int(std::min<int64_t>(kBlock, B - b0));
+      int64_t label[kBlock] = {0};
+      float z[kBlock];
+      std::fill(p.begin(), p.end(), 0.f);
+      for (int k = 0; k < nvalid; ++k) {
+        const float* src = pp + (b0 + k) * C;
+        std::copy_n(src, C, &p[k * Cp]);
+        for (int64_t j = 1; j < C; ++j)
+          if (src[j] > src[label[k]]) label[k] = j;
+      }
+      block_forward(m, p.data(), label, a1.data(), h1.data(), a2.data(), z);
+      for (int k = 0; k < nvalid; ++k) {
+        runner.run(&p[k * Cp], label[k], &a1[k * H1p], &a2[k * H2p], z[k], st + b0 + k, B, T, si + b0 + k,
+                   ev + (b0 + k) * 3);
+        std::copy_n(&p[k * Cp], C, ap + (b0 + k) * C);
+      }
+      block_forward(m, p.data(), label, a1.data(), h1.data(), a2.data(), z);
+      for (int k = 0; k < nvalid; ++k) so[b0 + k] = sigmoid(z[k]);
+    }
+  });
+  return {adv, score_in, score_out, events};
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace mia_fast
+
+TORCH_LIBRARY_IMPL(mia_fast, CPU, m) { m.impl("aeppt_events", &mia_fast::cpu::aeppt_events_cpu); }
