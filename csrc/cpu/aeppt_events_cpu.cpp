@@ -29,6 +29,12 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kRefreshEvery = 128;
+// A block whose samples changed a mask in at least kDenseShare of the first 8 or kProbe iterations
+// goes on in the dense loop from there: when nearly every step is an event, the corrections cost more than the blocked
+// dense forward pass (bench/README.md: C = 10-1000 at large eps change masks in 13-16 of the first 16
+// iterations and the event loop is 0.6-0.8x as fast; the benchmark's cases change them in at most 8).
+constexpr int64_t kProbe = 16;
+constexpr double kDenseShare = 0.75;
 // Growth of the drift bounds (in ulps of the pre-activations) a linear segment may absorb.
 constexpr float kSegmentSlack = 32.f;  // iterations between exact refreshes of a sample
 
@@ -214,26 +220,52 @@ class EventRunner {
     for (int64_t j = 0; j < m.Cp; ++j) all_[j] = int32_t(j);
   }
 
-  // Algorithm 1 on one sample from its first forward pass (a1, a2, z of the dense block forward);
-  // p [Cp] holds the input and receives the defended vector. events = {iterations with a mask change,
-  // iterations in which a component reached a bound, exact refreshes}.
-  void run(float* p, int64_t label, const float* a1, const float* a2, float z0, const float* steps, int64_t stride,
-           int64_t T, float* score_in, int32_t* events) {
-    const int64_t C = m_.C;
+  // Algorithm 1 on one sample from its first forward pass (a1, a2, z of the dense block forward), in
+  // three calls: start, advance (to any iteration, as often as wanted), finish. p [Cp] holds the input
+  // and, at finish, receives the vector after the last step (before renormalising); events = {iterations
+  // with a mask change, iterations in which a component reached a bound, exact refreshes}.
+  void start(const float* p, int64_t label, const float* a1, const float* a2, float z0, const float* steps,
+             int64_t stride, int64_t T, float* score_in, float* target) {
     std::copy_n(p, m_.Cp, p_.begin());
     label_ = label;
     std::copy_n(a1, m_.H1p, a1_.begin());
     std::copy_n(a2, m_.H2p, a2_.begin());
     take_masks();
-    float sig = sigmoid(z0);
-    *score_in = sig;
-    target_ = sig >= 0.5f ? 1.f : 0.f;
+    sig_ = sigmoid(z0);
+    *score_in = sig_;
+    target_ = *target = sig_ >= 0.5f ? 1.f : 0.f;
     sigma_ = target_ > 0.f ? -1.f : 1.f;  // sign(sigmoid(z) - Y) whenever it is not 0
     direction_exact();
+    steps_ = steps;
+    stride_ = stride;
+    T_ = T;
+    t_ = 0;
+    counted_ = false;
     mask_events_ = bound_events_ = refreshes_ = 0;
-    bool counted = false;  // whether the latest iteration was counted as a mask change
     begin_segment();
-    for (int64_t t = 0; t < T; ++t) {
+  }
+
+  void finish(float* p, int32_t* events) const {
+    std::copy_n(p_.begin(), m_.Cp, p);
+    events[0] = mask_events_;
+    events[1] = bound_events_;
+    events[2] = refreshes_;
+  }
+
+  // Iterations so far that changed a mask.
+  int32_t mask_events() const { return mask_events_; }
+  // The next iteration to run (T once the loop ended or the sample stopped).
+  int64_t position() const { return t_; }
+
+  // Iterations up to t_end (or T, or the sample's stop).
+  void advance(int64_t t_end) {
+    const int64_t C = m_.C, T = std::min(t_end, T_);
+    const float* steps = steps_;
+    const int64_t stride = stride_;
+    float sig = sig_;
+    bool counted = counted_;  // whether the latest iteration was counted as a mask change
+    int64_t& t = t_;
+    for (; t < T; ++t) {
       if (t > 0) {
         float z = z_base_ + pending_ * z_slope_;
         if (ambiguous(z)) {
@@ -242,7 +274,10 @@ class EventRunner {
         }
         sig = sigmoid(z);
       }
-      if (opt_.stop_when_flipped && (sig >= 0.5f ? 1.f : 0.f) != target_) break;
+      if (opt_.stop_when_flipped && (sig >= 0.5f ? 1.f : 0.f) != target_) {
+        t = T_;  // stopped for good
+        break;
+      }
       counted = false;
       // sign(dJ/dz) = sign(sigmoid(z) - Y); zero when sigmoid(z) rounds to Y exactly: no step.
       if (float((sig > target_) - (sig < target_)) == 0.f) continue;
@@ -255,7 +290,7 @@ class EventRunner {
       a2_max_ += s * w_max_;
       e1_ += kUlp * (a1_max_ + s * u_max_ + d_.wp_max * psum_) + s * eu_;
       e2_ += kUlp * (a2_max_ + s * w_max_ + d_.wa_rows * d_.wp_max * psum_) + s * ew_;
-      const bool periodic = (t + 1) % kRefreshEvery == 0 && t + 1 < T;
+      const bool periodic = (t + 1) % kRefreshEvery == 0 && t + 1 < T_;
       if (!reaches_bound && !periodic && pending_ + s < horizon_ && e1_ < e1_limit_ && e2_ < e2_limit_) {
         // Inside the segment no unit can reach 0: a1, a2 and z move linearly, applied when it ends.
         std::copy(trial_.begin(), trial_.end(), p_.begin());
@@ -322,14 +357,12 @@ class EventRunner {
         begin_segment();
       }
     }
-    if (opt_.renormalize) renormalize_row(p_.data(), C);
-    std::copy_n(p_.begin(), m_.Cp, p);
-    events[0] = mask_events_;
-    events[1] = bound_events_;
-    events[2] = refreshes_;
+    sig_ = sig;
+    counted_ = counted;
   }
 
  private:
+
   float logit() const {
     vfloat acc = vbroadcast(0.f);
     const vfloat zero = vbroadcast(0.f);
@@ -572,7 +605,10 @@ class EventRunner {
   std::vector<float> a2_, w_, m2_, tmp_, tmp2_;                // [H2p]
   std::vector<int32_t> all_, act1_, act2_, flip1_, flip2_, idx_;
   int64_t n1_ = 0, n2_ = 0, label_ = 0;
-  float target_ = 0.f, sigma_ = 0.f, psum_ = 0.f;
+  float target_ = 0.f, sigma_ = 0.f, psum_ = 0.f, sig_ = 0.f;
+  const float* steps_ = nullptr;
+  int64_t stride_ = 0, T_ = 0, t_ = 0;
+  bool counted_ = false;
   float a1_max_ = 0.f, a2_max_ = 0.f, u_max_ = 0.f, w_max_ = 0.f;
   // The current linear segment: step accumulated since a1, a2 were last updated, the logit at its
   // start and its slope, the horizon and the drift bounds at which it ends.
@@ -600,31 +636,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> aeppt_events_cpu(
   int32_t* ev = events.data_ptr<int32_t>();
   const int64_t B = s.batch, C = s.classes, T = s.iters;
   const int64_t Cp = m.Cp, H1p = m.H1p, H2p = m.H2p;
-  // The first and the last forward pass of each block of kBlock samples run dense (block_forward, as
-  // the dense kernel computes them); everything in between is the per-sample event loop.
+  // Per block of kBlock samples, the first and the last forward pass run dense (as in the dense
+  // kernel), everything in between in per-sample event loops, unless events are the rule in the
+  // block's first iterations (kDenseShare, checked after 8 and kProbe): then it goes on densely.
   at::parallel_for(0, (B + kBlock - 1) / kBlock, 1, [&](int64_t begin, int64_t end) {
-    EventRunner runner(m, d, opt);
-    std::vector<float> p(kBlock * Cp), a1(kBlock * H1p), h1(kBlock * H1p), a2(kBlock * H2p);
+    std::vector<EventRunner> runners;
+    for (int k = 0; k < kBlock; ++k) runners.emplace_back(m, d, opt);
+    DenseBlock dense(m);
+    std::vector<float> p(kBlock * Cp);
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t b0 = blk * kBlock;
       const int nvalid = int(std::min<int64_t>(kBlock, B - b0));
       int64_t label[kBlock] = {0};
-      float z[kBlock];
-      std::fill(p.begin(), p.end(), 0.f);
-      for (int k = 0; k < nvalid; ++k) {
-        const float* src = pp + (b0 + k) * C;
-        std::copy_n(src, C, &p[k * Cp]);
-        for (int64_t j = 1; j < C; ++j)
-          if (src[j] > src[label[k]]) label[k] = j;
+      float target[kBlock] = {0};
+      load_block(pp, C, Cp, b0, nvalid, p.data(), label);
+      dense.forward(p.data(), label);
+      for (int k = 0; k < nvalid; ++k)
+        runners[k].start(&p[k * Cp], label[k], &dense.a1[k * H1p], &dense.a2[k * H2p], dense.z[k], st + b0 + k, B, T,
+                         si + b0 + k, &target[k]);
+      int64_t dense_from = T;  // the iteration at which the block goes on densely (T: never)
+      for (int64_t probe = kProbe / 2; probe <= kProbe && probe < T && dense_from == T; probe *= 2) {
+        int64_t mask_events = 0;
+        for (int k = 0; k < nvalid; ++k) {
+          runners[k].advance(probe);
+          mask_events += runners[k].mask_events();
+        }
+        if (double(mask_events) >= kDenseShare * double(probe * nvalid)) dense_from = probe;
       }
-      block_forward(m, p.data(), label, a1.data(), h1.data(), a2.data(), z);
+      bool active[kBlock] = {false, false, false, false, false};
       for (int k = 0; k < nvalid; ++k) {
-        runner.run(&p[k * Cp], label[k], &a1[k * H1p], &a2[k * H2p], z[k], st + b0 + k, B, T, si + b0 + k,
-                   ev + (b0 + k) * 3);
-        std::copy_n(&p[k * Cp], C, ap + (b0 + k) * C);
+        if (dense_from == T) runners[k].advance(T);
+        active[k] = runners[k].position() < T;  // handed over, not stopped
+        runners[k].finish(&p[k * Cp], ev + (b0 + k) * 3);
       }
-      block_forward(m, p.data(), label, a1.data(), h1.data(), a2.data(), z);
-      for (int k = 0; k < nvalid; ++k) so[b0 + k] = sigmoid(z[k]);
+      if (dense_from < T)
+        dense.iterate(p.data(), label, target, active, nvalid, dense_from, T, st, B, b0, opt, false, ev + b0 * 3);
+      finish_block(dense, p.data(), label, nvalid, C, opt, ap + b0 * C, so + b0);
     }
   });
   return {adv, score_in, score_out, events};

@@ -165,6 +165,7 @@ inline bool argmax_is(const float* p, int64_t C, int64_t k) {
   return true;
 }
 
+
 struct AepptOptions {
   bool preserve_label, stop_when_flipped, renormalize;
 };
@@ -178,6 +179,113 @@ inline void renormalize_row(float* p, int64_t C) {
   } else {
     for (int64_t j = 0; j < C; ++j) p[j] = 1.f / float(C);
   }
+}
+
+// sign(W_p^T(1[a1>0] * W_a^T(1[a2>0] * w3))) into dsign[0:Cp], over the active units only.
+inline void input_gradient_sign(const PackedMim& m, const int32_t* act1, int64_t n1, const int32_t* act2, int64_t n2,
+                                float* g1, float* v, float* dsign) {
+  gather_rows(act2, n2, m.w3.data(), m.wa.data(), m.H1p, g1);
+  gather_rows(act1, n1, g1, m.wp.data(), m.Cp, v);
+  for (int64_t j = 0; j < m.Cp; ++j) dsign[j] = float((v[j] > 0.f) - (v[j] < 0.f));
+}
+
+// Rows b0 .. b0 + nvalid of probs into the block's padded p (pads 0), and their labels (torch.argmax).
+inline void load_block(const float* probs, int64_t C, int64_t Cp, int64_t b0, int nvalid, float* p, int64_t* label) {
+  std::fill(p, p + kBlock * Cp, 0.f);
+  for (int s = 0; s < nvalid; ++s) {
+    const float* src = probs + (b0 + s) * C;
+    std::copy_n(src, C, p + s * Cp);
+    label[s] = 0;  // first index of the maximum
+    for (int64_t j = 1; j < C; ++j)
+      if (src[j] > src[label[s]]) label[s] = j;
+  }
+}
+
+// The dense loop for a block of kBlock samples: a full forward pass every iteration, shared by the
+// block (each weight load serves kBlock samples); the sign of W_p^T(...) depends only on the two ReLU
+// masks, so it is reused exactly while neither changed (no backward pass).
+struct DenseBlock {
+  const PackedMim& m;
+  std::vector<float> a1, h1, a2, dsign, g1, v, trial;
+  std::vector<int32_t> prev1, prev2, act1, act2;  // active units behind dsign, and of the current pass
+  float z[kBlock];
+
+  explicit DenseBlock(const PackedMim& mim)
+      : m(mim), a1(kBlock * mim.H1p), h1(kBlock * mim.H1p), a2(kBlock * mim.H2p), dsign(kBlock * mim.Cp),
+        g1(mim.H1p), v(mim.Cp), trial(mim.Cp), prev1(kBlock * mim.H1p), prev2(kBlock * mim.H2p), act1(mim.H1p),
+        act2(mim.H2p) {}
+
+  void forward(const float* p, const int64_t* label) {
+    block_forward(m, p, label, a1.data(), h1.data(), a2.data(), z);
+  }
+
+  // Iterations t0 .. T-1 for the active samples, from their current p (forward_done: the pass on it
+  // has run). events (optional, [kBlock][3] as the event-driven op counts them) also gets the masks of
+  // p_T compared with those of p_{T-1}, which costs one more pass.
+  void iterate(float* p, const int64_t* label, const float* target, bool* active, int nvalid, int64_t t0, int64_t T,
+               const float* steps, int64_t B, int64_t b0, AepptOptions opt, bool forward_done, int32_t* events) {
+    const int64_t C = m.C, Cp = m.Cp, H1p = m.H1p, H2p = m.H2p;
+    int64_t n_prev1[kBlock], n_prev2[kBlock];
+    bool have_sign[kBlock] = {false, false, false, false, false};
+    const int64_t last = events != nullptr ? T + 1 : T;
+    for (int64_t t = t0; t < last; ++t) {
+      bool any_active = false;
+      for (int s = 0; s < nvalid; ++s) any_active |= active[s];
+      if (!any_active) break;
+      if (t > t0 || !forward_done) forward(p, label);
+      for (int s = 0; s < nvalid; ++s) {
+        if (!active[s]) continue;
+        const int64_t n1 = active_units(&a1[s * H1p], H1p, act1.data());
+        const int64_t n2 = active_units(&a2[s * H2p], H2p, act2.data());
+        const bool same = have_sign[s] && n1 == n_prev1[s] && n2 == n_prev2[s] &&
+                          std::equal(act1.begin(), act1.begin() + n1, prev1.begin() + s * H1p) &&
+                          std::equal(act2.begin(), act2.begin() + n2, prev2.begin() + s * H2p);
+        if (events != nullptr && have_sign[s] && !same) ++events[s * 3];
+        if (t == T) continue;
+        const float sig = sigmoid(z[s]);
+        if (opt.stop_when_flipped && (sig >= 0.5f ? 1.f : 0.f) != target[s]) {
+          active[s] = false;
+          continue;
+        }
+        if (!same) {
+          input_gradient_sign(m, act1.data(), n1, act2.data(), n2, g1.data(), v.data(), &dsign[s * Cp]);
+          std::copy_n(act1.begin(), n1, prev1.begin() + s * H1p);
+          std::copy_n(act2.begin(), n2, prev2.begin() + s * H2p);
+          n_prev1[s] = n1;
+          n_prev2[s] = n2;
+          have_sign[s] = true;
+        }
+        // sign(dJ/dz) = sign(sigmoid(z) - Y); zero when sigmoid(z) rounds to Y exactly.
+        const float dz_sign = float((sig > target[s]) - (sig < target[s]));
+        if (dz_sign == 0.f) continue;
+        const float step = steps[t * B + b0 + s];
+        float* ps = &p[s * Cp];
+        const float* ds = &dsign[s * Cp];
+        float* dst = opt.preserve_label || events != nullptr ? trial.data() : ps;  // in place when nothing checks
+        for (int64_t j = 0; j < C; ++j) dst[j] = std::min(std::max(ps[j] + step * (dz_sign * ds[j]), 0.f), 1.f);
+        if (dst != ps) {
+          if (opt.preserve_label && !argmax_is(dst, C, label[s])) continue;
+          if (events != nullptr) {
+            bool reached = false;
+            for (int64_t j = 0; j < C; ++j) reached |= dst[j] != ps[j] && (dst[j] == 0.f || dst[j] == 1.f);
+            events[s * 3 + 1] += reached;
+          }
+          std::copy_n(dst, C, ps);
+        }
+      }
+    }
+  }
+};
+
+// Final vectors of a block: renormalised if asked, copied out, and scored with one more pass.
+inline void finish_block(DenseBlock& dense, float* p, const int64_t* label, int nvalid, int64_t C, AepptOptions opt,
+                         float* adv, float* score_out) {
+  for (int s = 0; s < nvalid; ++s) {
+    if (opt.renormalize) renormalize_row(p + s * dense.m.Cp, C);
+    std::copy_n(p + s * dense.m.Cp, C, adv + s * C);
+  }
+  dense.forward(p, label);
+  for (int s = 0; s < nvalid; ++s) score_out[s] = sigmoid(dense.z[s]);
 }
 
 }  // namespace cpu

@@ -66,8 +66,8 @@ ALGORITHMS = ("events", "dense")
 
 
 def default_algorithm(device: torch.device | str) -> str:
-    """"events" on CPU, where it is measured faster (bench/README.md); "dense" on CUDA, where the
-    event-driven kernel has been emulated but never timed on a GPU."""
+    """"events" on CPU, where it is measured faster (bench/README.md); "dense" on CUDA, the only
+    CUDA kernel."""
     return "dense" if torch.device(device).type == "cuda" else "events"
 
 
@@ -119,7 +119,9 @@ def aeppt_with_events(probs: Tensor, w_pred: Tensor, b_pred: Tensor, w_hidden: T
     refreshes of the incremental state (0 in the reference)."""
     args = (probs, w_pred, b_pred, w_hidden, class_table, w_out, b_out, steps,
             preserve_label, stop_when_flipped, renormalize)
-    if _use_extension(probs.device) and (probs.device.type == "cpu" or has_cuda_event_kernels()):
+    if probs.device.type == "cuda" and not has_cuda_event_kernels():
+        raise ValueError("the event-driven AEPPT op has no CUDA kernel; use algorithm='dense' on CUDA")
+    if _use_extension(probs.device):
         return torch.ops.mia_fast.aeppt_events.default(*args)
     adv, before, after = reference.aeppt_reference(*args)
     counts = reference.aeppt_event_counts(*args)
