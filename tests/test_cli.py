@@ -48,6 +48,23 @@ def test_defend_streams_and_writes_the_output(files, suffix):
     assert np.array_equal(adv, second)
 
 
+def test_defend_algorithm_option_picks_the_kernel(files):
+    """Events (the CPU default) and dense give the same defended vectors up to float32 rounding."""
+    outs = {}
+    for algorithm in ("events", "dense"):
+        outs[algorithm] = files / f"adv_{algorithm}.npy"
+        result = _defend(files, files / "nonmembers.npy", outs[algorithm], "--algorithm", algorithm)
+        assert result.exit_code == 0, result.output
+    events, dense = np.load(outs["events"]), np.load(outs["dense"])
+    assert (np.abs(events - dense) <= 1e-5).mean() >= 0.995
+    default = files / "adv_default.npy"
+    assert _defend(files, files / "nonmembers.npy", default).exit_code == 0
+    assert np.array_equal(np.load(default), events)
+    bad = _defend(files, files / "nonmembers.npy", files / "x.npy", "--algorithm", "events", "--precision", "3xtf32",
+                  "--device", "cuda")
+    assert bad.exit_code != 0
+
+
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_defend_file_reads_batches_from_the_file_as_one_pass_would(files, order, tmp_path):
     from mia_fast.defenses import create_defense
