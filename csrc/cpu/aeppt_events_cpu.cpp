@@ -516,20 +516,27 @@ class EventRunner {
   void forward_exact() {
     gather_rows(all_.data(), m_.C, p_.data(), m_.wp_t.data(), m_.H1p, a1_.data());
     for (int64_t i = 0; i < m_.H1p; ++i) a1_[i] += m_.bp[i];
-    n1_ = active_units(a1_.data(), m_.H1p, act1_.data());
+    take_mask1();
     gather_rows(act1_.data(), n1_, a1_.data(), m_.wa_t.data(), m_.H2p, a2_.data());
     const float* c = &m_.table[label_ * m_.H2p];
     for (int64_t o = 0; o < m_.H2p; ++o) a2_[o] += c[o];
-    take_masks();
+    take_mask2();
   }
 
   // The masks and active-unit lists of the current a1, a2, which are exact: drift bounds back to 0.
   void take_masks() {
+    take_mask1();
+    take_mask2();
+  }
+  void take_mask1() {
     for (int64_t i = 0; i < m_.H1p; ++i) m1_[i] = a1_[i] > 0.f ? 1.f : 0.f;
-    for (int64_t o = 0; o < m_.H2p; ++o) m2_[o] = a2_[o] > 0.f ? 1.f : 0.f;
     n1_ = active_units(m1_.data(), m_.H1p, act1_.data());
+    e1_ = 0.f;
+  }
+  void take_mask2() {
+    for (int64_t o = 0; o < m_.H2p; ++o) m2_[o] = a2_[o] > 0.f ? 1.f : 0.f;
     n2_ = active_units(m2_.data(), m_.H2p, act2_.data());
-    e1_ = e2_ = 0.f;
+    e2_ = 0.f;
   }
 
   // g1 = W_a^T(m2 * w3) and v = W_p^T(m1 * g1) over the active units, as the dense kernel computes them.
