@@ -92,4 +92,14 @@ inline SelectShape check_select_args(const at::Tensor& originals, const at::Tens
   return s;
 }
 
+// place_in_rank_order: probs and values, both float32 [B, C], contiguous, on one device.
+inline void check_rank_order_args(const at::Tensor& probs, const at::Tensor& values) {
+  const char* op = "mia_fast::place_in_rank_order";
+  check_float_contig(probs, op, "probs", 2);
+  check_float_contig(values, op, "values", 2);
+  check_same_device(values, probs, op, "values");
+  TORCH_CHECK(values.sizes() == probs.sizes(), op, ": values must have the shape of probs ", probs.sizes(), ", got ",
+              values.sizes());
+}
+
 }  // namespace mia_fast

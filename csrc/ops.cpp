@@ -28,4 +28,7 @@ TORCH_LIBRARY(mia_fast, m) {
   m.def(
       "select_within_distance(Tensor originals, Tensor candidates, Tensor losses, float eps, "
       "Tensor? valid, bool squared) -> (Tensor, Tensor)");
+  // Each row of values (sorted largest first) placed in the rank order of the same row of probs
+  // (ties in index order): the rank-preserving output defenses (HAMP's output step, the rank template).
+  m.def("place_in_rank_order(Tensor probs, Tensor values) -> Tensor");
 }

@@ -17,6 +17,7 @@ from .checkpoint import SUFFIX, checkpoint_file, data_hash, load_substitute, sav
 from .data import DATASETS, describe
 from .defenses import AEPPT, COMBINATIONS, create_defense, defense_names, describe_defenses, load_defense, parse_param
 from .defenses.perturbation import DISTANCES, FALLBACKS, GENERATORS, LABEL_REFERENCES
+from .defenses.keyed import new_key
 from .errors import InputError, MiaFastError
 from .evaluation import EXPERIMENTS
 from .io import as_tensor, atomic_path, load_array
@@ -149,7 +150,8 @@ def defend(predictions, defense, params, run_dir, checkpoint, mim, eps, iters, b
             raise InputError("defend needs --mim and --eps, or --run RUN_DIR to take them from a run")
         if given["eps"] < 0:
             raise InputError(f"--eps must be >= 0, got {given['eps']}")
-        chosen = AEPPT.from_substitute(load_substitute(mim)[0], **given)
+        key = new_key(seed) if given.get("keyed") else None  # a keyed AEPPT from --mim: its key from --seed
+        chosen = AEPPT.from_substitute(load_substitute(mim)[0], query_key=key, **given)
     elif run_dir is not None:
         run = RunDir(run_dir)
         chosen, _, _ = deploy_defense(run, resolve_defense(defense, given, run.config()),

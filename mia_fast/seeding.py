@@ -43,6 +43,7 @@ PURPOSES = {
     "loss-curve": "the steps of the Fig. 5 loss curve",
     "hamp-inputs": "HAMP's random inputs",
     "memguard-classifier": "MemGuard's defense classifier",
+    "query-key": "the key of a keyed defense's per-query randomness, made when it is fitted",
     "training-defense": "the defender's reference records for training defenses that use some",
     "shadow-reference": "which pool records a shadow model's training defense holds as reference data (index: k)",
     "advreg-inference": "adversarial regularization's inference model (0: initialisation, 1: its batches)",

@@ -29,12 +29,13 @@ def test_compare_puts_every_output_defense_side_by_side(run):
     cmp = json.loads((run / "compare.json").read_text())
     assert list(cmp["defenses"]) == defense_names("output")
     assert cmp["defenses"]["memguard"]["defense"]["params"]["iters"] == 100
-    for name in ("compare.md", "compare.html", "compare.png"):
+    for name in ("compare.md", "compare.html", "compare.png", "compare_frontier.png"):
         assert (run / name).is_file() and (run / name).stat().st_size > 0
     page = (run / "compare.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 1 and "gap floor" in page.lower()
+    assert page.count('src="data:image/png;base64,') == 2 and "gap floor" in page.lower()
     md = (run / "compare.md").read_text()
     assert "| label-only |" in md and "sec. 5.9" in md and "beyond-label AUC" in md
+    assert "Output defenses: the frontier" in md and "| rank-template |" in md
     for name in defense_names("output"):
         assert f"\n{name} " in r.output  # the printed table has a row per defense
         ev = cmp["defenses"][name]
@@ -55,6 +56,12 @@ def test_compare_puts_every_output_defense_side_by_side(run):
     for attack in ("confidence", "entropy", "modified_entropy"):
         assert cmp["undefended"]["attacks"][attack]["aware"]["accuracy"] > cmp["gap_floor"] + 0.08
         assert label_only["attacks"][attack]["aware"]["accuracy"] <= cmp["gap_floor"] + 0.05
+    # the rank template too, at less distortion than label-only serving (its vector is the L1-cheapest)
+    template = cmp["defenses"]["rank-template"]
+    for attack in ("confidence", "entropy", "modified_entropy"):
+        assert template["attacks"][attack]["aware"]["accuracy"] <= cmp["gap_floor"] + 0.05
+    assert template["defense"]["perturbation"]["mean_l1"] < label_only["defense"]["perturbation"]["mean_l1"]
+    assert template["defense"]["perturbation"]["label_flips"] == 0
     served = np.load(run / "defenses" / label_only["defense"]["key"] / "members.npy")
     assert set(np.unique(served).tolist()) == {0.0, 1.0}
     assert label_only["defense"]["perturbation"]["label_flips"] == 0

@@ -176,3 +176,13 @@ def test_emulator_catches_memory_errors(emulator, bug, message):
         emulator.selftest(bug)
     # The emulator recovers: the next launch runs normally.
     assert torch.equal(emulator.selftest("copy"), torch.arange(64, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("rows,classes", [(1, 1), (33, 10), (300, 100), (3, 1000), (0, 7)])
+@pytest.mark.parametrize("misalign", [0, 4])
+def test_emulated_rank_order_kernel_equals_cpu(emulator, rows, classes, misalign):
+    g = torch.Generator().manual_seed(rows + classes)
+    probs = ((random_probs(rows, classes, g) * 8).round() / 8).contiguous()  # ties in most rows
+    values = random_probs(rows, classes, g).sort(1, descending=True).values.contiguous()
+    got = emulator.place_in_rank_order(probs, values, misalign=misalign)
+    assert torch.equal(got, ops.place_in_rank_order(probs, values))

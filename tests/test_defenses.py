@@ -23,7 +23,8 @@ QUICK = {"aeppt": {"eps": 1e-3, "iters": 20, "mim_epochs": 3},
 BAD = {"aeppt": ({"eps": -1.0}, "aeppt: eps must be >= 0"), "memguard": ({"budget": 0.0}, "memguard: budget must be > 0"),
        "hamp-output": ({"bank_size": 0}, "hamp-output: bank_size must be > 0"),
        "rounding": ({"decimals": -1}, "rounding: decimals must be an integer >= 0"),
-       "topk": ({"k": 0}, "topk: k must be an integer >= 1"), "label-only": ({"k": 1}, "unknown hyperparameter 'k'")}
+       "topk": ({"k": 0}, "topk: k must be an integer >= 1"), "label-only": ({"k": 1}, "unknown hyperparameter 'k'"),
+       "rank-template": ({"k": 1}, "rank-template: unknown hyperparameter 'k'")}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,8 @@ def _fitted(name, defender_data):
 
 
 def test_every_defense_is_registered_with_a_description():
-    assert set(defense_names("output")) == {"aeppt", "memguard", "hamp-output", "rounding", "topk", "label-only"}
+    assert set(defense_names("output")) == {"aeppt", "memguard", "hamp-output", "rounding", "topk", "label-only",
+                                            "rank-template"}
     for cls in DEFENSES.values():
         assert cls.description and cls.__doc__
 
@@ -212,3 +214,63 @@ def test_defense_checkpoints_load_safely(tmp_path, defender_data):
     with pytest.raises(CheckpointError, match="no such file"):
         load_defense(tmp_path / "absent.pt")
     assert isinstance(load_defense(tmp_path / "ok.safetensors"), HAMPOutput)
+
+
+def test_rank_template_serves_the_median_in_each_answers_rank_order(defender_data):
+    (m, ml, n, nl), _, _ = defender_data
+    defense = _fitted("rank-template", defender_data)
+    both = torch.cat([m, n]).sort(1, descending=True).values
+    want = both.median(0).values
+    assert torch.allclose(defense.templates[0], want / want.sum())
+    probs = random_probs(200, 10, torch.Generator().manual_seed(3))
+    out = defense.defend(probs).defended
+    assert torch.allclose(out.sort(1, descending=True).values, defense.templates.expand(200, -1))  # one vector
+    assert torch.equal(out.argsort(1, descending=True), probs.argsort(1, descending=True))  # in each rank order
+    per_class = create_defense("rank-template", per_class=True).fit(m, ml, n, nl, seed=0)
+    assert per_class.templates.shape == (10, 10)
+    predicted = torch.cat([m, n]).argmax(1)
+    for c in range(10):  # classes with enough outputs get their own median, the others the global one
+        rows = torch.cat([m, n])[predicted == c]
+        expected = rows.sort(1, descending=True).values.median(0).values if len(rows) >= 20 else want
+        assert torch.allclose(per_class.templates[c], expected / expected.sum())
+    with pytest.raises(ValueError, match="no clear top class"):
+        create_defense("rank-template").fit(torch.full((4, 2), 0.5), torch.zeros(4).long(), torch.full((4, 2), 0.5),
+                                            torch.zeros(4).long())
+
+
+KEYED = ("aeppt", "memguard", "hamp-output")
+
+
+@pytest.mark.parametrize("name", KEYED)
+def test_keyed_defenses_answer_a_query_the_same_every_time(name, defender_data, tmp_path):
+    (m, ml, n, nl), target, inputs = defender_data
+    params = {**QUICK[name], "keyed": True}
+    if name == "memguard":
+        params["budget"] = 0.3  # the coin decides about half of the answers
+    fit = lambda seed: create_defense(name, **params).fit(m, ml, n, nl, target=target, inputs=inputs, seed=seed)  # noqa
+    defense = fit(0)
+    probs = random_probs(120, 10, torch.Generator().manual_seed(7))
+    first = defense.defend(probs, generator=torch.Generator().manual_seed(1)).defended
+    again = defense.defend(probs, generator=torch.Generator().manual_seed(2)).defended
+    assert torch.equal(first, again)  # the generator plays no part: averaging repeated queries gains nothing
+    shuffled = torch.randperm(120, generator=torch.Generator().manual_seed(0))
+    # nor does the batch (MemGuard's batched search itself sums in a batch-dependent order: close, not equal)
+    assert torch.allclose(defense.defend(probs[shuffled]).defended, first[shuffled], atol=1e-5)
+    other = fit(1)  # another fit seed, another key: other draws
+    assert other.query_key != defense.query_key
+    other.load_state_dict(defense.state_dict())  # the same fitted state, only the key differs
+    assert not torch.equal(other.defend(probs).defended, first)
+    defense.save(tmp_path / "keyed.safetensors")
+    assert torch.equal(load_defense(tmp_path / "keyed.safetensors").defend(probs).defended, first)
+    payload = load_payload(tmp_path / "keyed.safetensors", "output-defense")
+    del payload["state_dict"]["query_key"]
+    torch.save(payload, tmp_path / "keyless.pt")
+    with pytest.raises(CheckpointError, match="not a usable defense"):
+        load_defense(tmp_path / "keyless.pt")
+
+
+def test_a_keyed_aeppt_without_a_key_is_refused(defender_data):
+    (m, ml, n, nl), _, _ = defender_data
+    mim = train_substitute(m, ml, n, nl, epochs=1, progress=False)[0]
+    with pytest.raises(ValueError, match="query key: expected 32 bytes"):
+        AEPPT.from_substitute(mim, eps=1e-3, keyed=True)

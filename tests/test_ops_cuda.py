@@ -121,3 +121,13 @@ def test_torch_compile_fullgraph_on_cuda():
     got = compiled(*args)
     want = defend(*args)
     torch.testing.assert_close(got[0], want[0])
+
+
+@pytest.mark.parametrize("rows,classes", [(1, 1), (4097, 10), (1000, 100), (33, 1000)])
+def test_rank_order_cpu_equals_cuda_and_writes_every_element(rows, classes):
+    g = torch.Generator().manual_seed(classes)
+    probs = ((torch.rand(rows, classes, generator=g) * 8).round() / 8).contiguous()
+    values = torch.rand(rows, classes, generator=g).sort(1, descending=True).values.contiguous()
+    _poison_allocator()
+    got = ops.place_in_rank_order(probs.cuda(), values.cuda()).cpu()
+    assert torch.equal(got, ops.place_in_rank_order(probs, values))

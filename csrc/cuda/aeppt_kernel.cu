@@ -7,6 +7,7 @@
 // (kTensorCores, 3xTF32) runs the same phases with the products on mma.sync; its sums are the
 // hardware's, so it agrees with fp32 to about fp32 accuracy instead.
 #include "aeppt_kernel.cuh"
+#include "launch.cuh"
 
 namespace mia_fast {
 namespace cuda {
@@ -523,19 +524,6 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectArgs a) {
     }
     a.index[n] = best;
   }
-}
-
-// kernel<<<grid, block, smem, stream>>>(args...) through the runtime API, which reports launch errors
-// itself (and which the CPU emulator implements).
-template <class T>
-struct Same {
-  using type = T;
-};
-template <class... Params>
-cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                   typename Same<Params>::type... args) {
-  void* params[] = {&args...};
-  return cudaLaunchKernel(kernel, grid, block, params, smem, stream);
 }
 
 }  // namespace

@@ -10,6 +10,10 @@ needs. The battery, the CLI and the report read their lists from here.
             boundary_distance  the label-only distance to the decision boundary (boundary)
     label_only  the attack reads only labels (no confidence values): no output defense that keeps the
                 labels changes what it sees
+    family  metric     a threshold on one score of the served vector (confidence, entropy, ...)
+            learned    an attack model fitted on served vectors (the MIMs, Shokri's networks)
+            reference  per-record shadow references (LiRA, RMIA)
+            label      labels only
 
 >>> sorted(ATTACKS)[:3]
 ['boundary', 'confidence', 'entropy']
@@ -30,6 +34,7 @@ from .nn import NNAttack
 from .rmia import RMIAOffline
 
 SOURCES = ("known", "shadow", "ood")
+FAMILIES = ("metric", "learned", "reference", "label")
 NEEDS = ("shadows", "reference", "noisy_labels", "boundary_distance")
 
 
@@ -39,19 +44,22 @@ class AttackSpec:
     source: str
     needs: frozenset
     description: str
+    family: str
     label_only: bool = False
 
 
 ATTACKS: Dict[str, AttackSpec] = {}
 
 
-def register_attack(name: str, make: Callable[[int, int, str], Attack], *, source: str, needs=(),
+def register_attack(name: str, make: Callable[[int, int, str], Attack], *, source: str, family: str, needs=(),
                     description: str, label_only: bool = False) -> None:
     """Add an attack: ``make(epochs, seed, device)`` returns a fresh, unfitted one."""
-    if name in ATTACKS or source not in SOURCES or not set(needs) <= set(NEEDS):
-        raise ValueError(f"attack {name!r}: taken name, or source not in {SOURCES}, or needs not in {NEEDS}")
+    if (name in ATTACKS or source not in SOURCES or not set(needs) <= set(NEEDS) or family not in FAMILIES
+            or label_only != (family == "label")):
+        raise ValueError(f"attack {name!r}: taken name, or source not in {SOURCES}, needs not in {NEEDS}, or family "
+                         f"not in {FAMILIES} (label exactly for label-only attacks)")
     needs = set(needs) | ({"shadows"} if source == "shadow" or "reference" in needs else set())
-    ATTACKS[name] = AttackSpec(make, source, frozenset(needs), description, label_only)
+    ATTACKS[name] = AttackSpec(make, source, frozenset(needs), description, family, label_only)
 
 
 def create_attack(name: str, *, epochs: int, seed: int, device: str) -> Attack:
@@ -65,29 +73,32 @@ def attack_names(*, shadows: bool = True) -> list:
     return [name for name, spec in ATTACKS.items() if shadows or "shadows" not in spec.needs]
 
 
-register_attack("gap", lambda e, s, d: MetricAttack("correctness"), source="known", label_only=True,
+register_attack("gap", lambda e, s, d: MetricAttack("correctness"), source="known", family="label", label_only=True,
                 description="label-only gap attack: member iff correctly classified (Yeom et al.)")
 for _metric, _text in [("confidence", "true-class confidence, per-class thresholds from shadow models (Song & Mittal)"),
                        ("entropy", "prediction entropy, per-class thresholds"),
                        ("modified_entropy", "modified entropy (Song & Mittal), per-class thresholds")]:
-    register_attack(_metric, lambda e, s, d, m=_metric: MetricAttack(m), source="shadow", description=_text)
-register_attack("mim0", lambda e, s, d: NNAttack("mim0", epochs=e, seed=s, device=d), source="known",
+    register_attack(_metric, lambda e, s, d, m=_metric: MetricAttack(m), source="shadow", family="metric",
+                    description=_text)
+register_attack("mim0", lambda e, s, d: NNAttack("mim0", epochs=e, seed=s, device=d), source="known", family="learned",
                 description="the paper's adversary: three-branch network on known records (sec. 5.2)")
-register_attack("mim1", lambda e, s, d: NNAttack("mim1", epochs=e, seed=s, device=d), source="known",
+register_attack("mim1", lambda e, s, d: NNAttack("mim1", epochs=e, seed=s, device=d), source="known", family="learned",
                 description="fully connected [1024, 512, 256, 1] (Table 6)")
-register_attack("mim2", lambda e, s, d: NNAttack("mim2", epochs=e, seed=s, device=d), source="known",
+register_attack("mim2", lambda e, s, d: NNAttack("mim2", epochs=e, seed=s, device=d), source="known", family="learned",
                 description="MIM0 with an L2 loss")
-register_attack("mim3", lambda e, s, d: NNAttack("mim0", epochs=e, seed=s, device=d), source="ood",
+register_attack("mim3", lambda e, s, d: NNAttack("mim0", epochs=e, seed=s, device=d), source="ood", family="learned",
                 description="MIM0 whose non-members are corrupted copies of known non-members (another distribution)")
 # shadow data is K x the pool: larger batches keep the number of steps (and the time) in line
 register_attack("shokri", lambda e, s, d: NNAttack("shokri", epochs=e, batch_size=512, seed=s, device=d),
-                source="shadow", description="per-class attack networks on shadow-model outputs (Shokri et al.)")
-register_attack("lira", lambda e, s, d: LiRAOffline(), source="known", needs=("reference",),
+                source="shadow", family="learned",
+                description="per-class attack networks on shadow-model outputs (Shokri et al.)")
+register_attack("lira", lambda e, s, d: LiRAOffline(), source="known", family="reference", needs=("reference",),
                 description="offline LiRA: per-record Gaussian of shadow models' logit-scaled confidence (Carlini et al.)")
-register_attack("robustness", lambda e, s, d: RobustnessAttack(), source="known", needs=("noisy_labels",), label_only=True,
+register_attack("robustness", lambda e, s, d: RobustnessAttack(), source="known", family="label",
+                needs=("noisy_labels",), label_only=True,
                 description="label-only: share of noisy copies still labelled correctly (Choquette-Choo et al.)")
-register_attack("rmia", lambda e, s, d: RMIAOffline(), source="known", needs=("reference",),
+register_attack("rmia", lambda e, s, d: RMIAOffline(), source="known", family="reference", needs=("reference",),
                 description="offline RMIA: likelihood ratio against population records (Zarifzadeh et al.)")
-register_attack("boundary", lambda e, s, d: BoundaryAttack(), source="known", needs=("boundary_distance",),
-                label_only=True, description="label-only: distance to the decision boundary by label queries "
+register_attack("boundary", lambda e, s, d: BoundaryAttack(), source="known", family="label",
+                needs=("boundary_distance",), label_only=True, description="label-only: distance to the decision boundary by label queries "
                 "(bit flips / random directions; Choquette-Choo et al., Li & Zhang)")

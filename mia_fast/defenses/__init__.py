@@ -4,13 +4,13 @@ defenses in `training/`, combinations of one of each (`parse_spec("advreg+aeppt"
 from .base import (DEFENSES, DefenseResult, OutputDefense, TrainingDefense, create_defense, defense_names,
                    describe_defenses, load_defense, parse_param, register_defense)
 from .combination import COMBINATIONS, DefenseSpec, parse_spec
-from .output import (AEPPT, PAPER_EPS, AEPPTDefense, AEPPTResult, HAMPOutput, LabelOnly, MemGuard, Rounding, TopK,
-                     aeppt)
+from .output import (AEPPT, PAPER_EPS, AEPPTDefense, AEPPTResult, HAMPOutput, LabelOnly, MemGuard, RankTemplate,
+                     Rounding, TopK, aeppt)
 from .training import (DPSGD, AdversarialRegularization, Dropout, EarlyStopping, HAMPTraining, RelaxLoss,
                        WeightDecay)
 
 __all__ = ["DEFENSES", "DefenseResult", "OutputDefense", "TrainingDefense", "create_defense", "defense_names",
            "describe_defenses", "load_defense", "parse_param", "register_defense", "AEPPT", "AEPPTDefense",
-           "AEPPTResult", "PAPER_EPS", "aeppt", "HAMPOutput", "LabelOnly", "MemGuard", "Rounding", "TopK",
+           "AEPPTResult", "PAPER_EPS", "aeppt", "HAMPOutput", "LabelOnly", "MemGuard", "RankTemplate", "Rounding", "TopK",
            "COMBINATIONS", "DefenseSpec", "parse_spec", "DPSGD", "AdversarialRegularization", "Dropout",
            "EarlyStopping", "HAMPTraining", "RelaxLoss", "WeightDecay"]

@@ -28,6 +28,7 @@ from torch import nn
 from ..checkpoint import load_payload, save_payload
 from ..errors import CheckpointError, InputError
 from ..validation import check_probabilities
+from .keyed import check_key, keyed_uniform, new_key
 
 Tensor = torch.Tensor
 
@@ -83,7 +84,9 @@ class OutputDefense(Defense):
     attack), ``uses`` ("outputs": fits on the defender's outputs, "target": queries the target model),
     ``adaptive_attacks`` (attacks that only make sense against this defense, beyond the ones every
     defense faces), ``keeps_label`` (the method never changes the argmax, so label-only queries need not
-    go through it).
+    go through it). A randomized defense with a ``keyed`` hyperparameter draws, when it is true, from a
+    keyed hash of each query (`mia_fast.defenses.keyed`): the key is made by ``fit`` and saved with the
+    defense, and the same query always gets the same answer.
     """
 
     kind = "output"
@@ -102,8 +105,21 @@ class OutputDefense(Defense):
             raise InputError(f"{self.name}: fit needs the target model and some of its inputs (target=, inputs=)")
         self._fit(member_probs, member_labels, nonmember_probs, nonmember_labels, target=target, inputs=inputs,
                   seed=seed, device=device, progress=progress)
+        if self.is_keyed:
+            self.query_key = new_key(seed)
         self._fitted = True
         return self
+
+    @property
+    def is_keyed(self) -> bool:
+        return bool(getattr(self, "keyed", False))
+
+    def keyed_uniform(self, probs: Tensor, count: int) -> Tensor:
+        """[count, B] uniforms from the keyed hash of each row of ``probs`` (a ``keyed`` defense only)."""
+        key = getattr(self, "query_key", None)
+        if key is None:
+            raise RuntimeError(f"{self!r}: keyed, but it has no key (fit it, or load a saved one)")
+        return keyed_uniform(probs, key, count)
 
     def _fit(self, member_probs, member_labels, nonmember_probs, nonmember_labels, *, target, inputs, seed, device,
              progress) -> None:
@@ -151,8 +167,10 @@ class OutputDefense(Defense):
         """Write name, hyperparameters and fitted state to a weights-only checkpoint, atomically."""
         if not self.fitted:
             raise RuntimeError(f"{self!r} is not fitted: nothing to save")
-        save_payload(path, "output-defense", {"name": self.name, "params": self.params()}, meta or {},
-                     self.state_dict())
+        state = self.state_dict()
+        if self.is_keyed:
+            state["query_key"] = torch.tensor(list(self.query_key), dtype=torch.uint8)
+        save_payload(path, "output-defense", {"name": self.name, "params": self.params()}, meta or {}, state)
 
 
 def load_defense(path) -> OutputDefense:
@@ -162,6 +180,8 @@ def load_defense(path) -> OutputDefense:
         arch = payload["architecture"]
         defense = create_defense(arch["name"], **arch["params"])
         defense.load_state_dict(payload["state_dict"])
+        if defense.is_keyed:
+            defense.query_key = check_key(payload["state_dict"]["query_key"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint {Path(path)}: not a usable defense ({' '.join(str(err).split())})") from None
     return defense

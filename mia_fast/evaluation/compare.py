@@ -27,6 +27,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..attacks import ATTACKS  # noqa: E402
 from ..defenses import COMBINATIONS, DefenseSpec, create_defense, parse_param, parse_spec  # noqa: E402
 from ..io import atomic_path  # noqa: E402
 from ..version import __version__  # noqa: E402
@@ -36,6 +37,7 @@ from .report import _pct, _save, html_page, html_tables, markdown_tables  # noqa
 from .threat import Deployment, Options, ThreatModel  # noqa: E402
 
 FIGURE = "compare.png"
+FRONTIER_FIGURE = "compare_frontier.png"
 
 
 @dataclass(frozen=True)
@@ -329,24 +331,123 @@ def privacy_utility_figure(cmp: dict, path: Path) -> None:
     _save(fig, path)
 
 
+def frontier_rows(cmp: dict) -> list:
+    """The output defenses' frontier: for the undefended target and each point with an output defense,
+    mean L1, label flips, the leakage beyond the label (largest AUC among correctly classified records,
+    aware) per attack family (metric thresholds; learned attack models, the adaptive MIM0s included;
+    per-record shadow references), the best aware attack, TPR at 0.1% FPR, and what averaging repeated
+    queries adds to MIM0 fitted on single answers (accuracy points)."""
+    def beyond(attacks: dict, adaptive: dict, family: str) -> float:
+        values = [r["aware"].get("auc_correct_leak", math.nan) for n, r in attacks.items()
+                  if n in ATTACKS and ATTACKS[n].family == family]
+        if family == "learned":
+            values += [m.get("auc_correct_leak", math.nan) for m in adaptive.values()]
+        values = [v for v in values if not math.isnan(v)]
+        return max(values) if values else math.nan
+
+    out = []
+    points = [("none", cmp["undefended"], 0.0, 0)] + [
+        (name, ev, ev["defense"]["perturbation"]["mean_l1"], ev["defense"]["perturbation"]["label_flips"])
+        for name, ev in cmp["defenses"].items() if "naive" in next(iter(ev["attacks"].values()))]
+    for name, ev, l1, flips in points:
+        adaptive = ev.get("adaptive", {})
+        attacks = ev["attacks"]
+        averaging = adaptive.get("averaging")
+        mim0 = attacks.get("mim0", {}).get("aware")
+        out.append({"defense": name, "mean_l1": l1, "label_flips": flips,
+                    **{f"beyond_label_{f}": beyond(attacks, adaptive, f) for f in ("metric", "learned", "reference")},
+                    "best_aware_attack": ev["summary"]["best_aware_attack"],
+                    "best_aware_accuracy": ev["summary"]["best_aware_accuracy"],
+                    "best_score_accuracy": ev["summary"]["best_score_accuracy"],
+                    "gap_floor": ev["summary"]["gap_floor"], "tpr": ev["summary"]["best_aware_tpr_at_0.1%_fpr"],
+                    "gap_tpr": attacks.get("gap", {}).get("aware", {}).get("tpr_at_0.1%_fpr", math.nan),
+                    "averaging_gain": (averaging["accuracy"] - mim0["accuracy"]) if averaging and mim0 else math.nan})
+    return out
+
+
+def _frontier_table(cmp: dict) -> tuple:
+    fmt = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else _pct(v)  # noqa: E731
+    return ("Output defenses: the frontier", "Leakage beyond the label (AUC among correctly classified records, "
+            "aware) for each attack family: metric thresholds (confidence, entropy, modified entropy), learned "
+            "attack models (MIM0-3, Shokri, the adaptive MIM0s), per-record shadow references (LiRA, RMIA). "
+            "Averaging: what MIM0 on the mean of repeated answers gains over MIM0 on one answer. Any output "
+            "defense that keeps the labels serves at least what label-only serving does (an attacker can "
+            "always take the argmax), so the label-only row bounds every such defense from below.",
+            ["defense", "mean L1", "label flips", "beyond label: metric", "learned", "reference",
+             "best aware attack", "its accuracy", "best score attack accuracy", "gap floor", "TPR @ 0.1% FPR",
+             "gap attack's TPR", "averaging gain"],
+            [[r["defense"], f"{r['mean_l1']:.3f}", str(r["label_flips"]), fmt(r["beyond_label_metric"]),
+              fmt(r["beyond_label_learned"]), fmt(r["beyond_label_reference"]), r["best_aware_attack"],
+              _pct(r["best_aware_accuracy"]), _pct(r["best_score_accuracy"]), _pct(r["gap_floor"]),
+              f"{r['tpr']:.3f}", "-" if math.isnan(r["gap_tpr"]) else f"{r['gap_tpr']:.3f}",
+              "-" if math.isnan(r["averaging_gain"]) else f"{100 * r['averaging_gain']:+.1f} pts"]
+             for r in frontier_rows(cmp)])
+
+
+def frontier_figure(cmp: dict, path: Path) -> None:
+    """Leakage beyond the label per attack family, and the best aware attack, against mean L1 for the
+    output defenses, with the gap floor and the label-only point drawn."""
+    table = frontier_rows(cmp)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    styles = {"metric": "^", "learned": "s", "reference": "D"}
+    for i, r in enumerate(table):
+        c = "black" if r["defense"] == "none" else plt.cm.tab20(i % 20)
+        for family, marker in styles.items():
+            v = r[f"beyond_label_{family}"]
+            if not math.isnan(v):
+                axes[0].scatter(r["mean_l1"], v, marker=marker, s=45, color=c)
+        worst = max((r[f"beyond_label_{f}"] for f in styles if not math.isnan(r[f"beyond_label_{f}"])), default=math.nan)
+        if not math.isnan(worst):
+            axes[0].annotate(r["defense"], (r["mean_l1"], worst), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        axes[1].scatter(r["mean_l1"], r["best_aware_accuracy"], marker="o", s=50, color=c)
+        axes[1].scatter(r["mean_l1"], r["best_score_accuracy"], marker="x", s=50, color=c)
+        axes[1].annotate(r["defense"], (r["mean_l1"], r["best_aware_accuracy"]), textcoords="offset points",
+                         xytext=(4, 4), fontsize=7)
+    for family, marker in styles.items():
+        axes[0].scatter([], [], marker=marker, color="grey", label=f"{family} attacks")
+    axes[0].axhline(0.5, color="grey", lw=0.8)
+    axes[0].axhline(0.55, color="green", lw=0.8, ls=":", label="0.55")
+    axes[0].set(xlabel="mean L1 distortion of the served outputs", ylabel="AUC among correctly classified (aware)",
+                ylim=(0.45, 1.0), title="leakage beyond the label")
+    axes[0].legend(fontsize=7, loc="upper right")
+    axes[1].axhline(cmp["gap_floor"], color="red", lw=1, ls="--", label=f"gap floor {cmp['gap_floor']:.3f}")
+    label_only = next((r for r in table if r["defense"] == "label-only"), None)
+    if label_only is not None:
+        axes[1].axhline(label_only["best_aware_accuracy"], color="purple", lw=1, ls=":",
+                        label=f"label-only serving {label_only['best_aware_accuracy']:.3f} (bound for label-keeping defenses)")
+    axes[1].scatter([], [], marker="o", color="grey", label="best aware attack")
+    axes[1].scatter([], [], marker="x", color="grey", label="best attack that reads scores")
+    axes[1].set(xlabel="mean L1 distortion of the served outputs", ylabel="attack accuracy", ylim=(0.45, 1.0),
+                title="strongest aware attacker")
+    axes[1].legend(fontsize=7, loc="upper right")
+    fig.suptitle(f"{cmp['dataset']}: output defenses against a defense-aware attacker")
+    _save(fig, path)
+
+
 def write_comparison(run_dir, cmp: dict) -> None:
     """compare.png, compare.md and a self-contained compare.html in ``run_dir``."""
     run_dir = Path(run_dir)
     privacy_utility_figure(cmp, run_dir / FIGURE)
     tables = _tables(cmp)
+    figures = {FIGURE: "Privacy against utility: best aware attack and TPR at 0.1% FPR against test accuracy, "
+                       "with gap floors"}
+    if len(frontier_rows(cmp)) > 1:
+        frontier_figure(cmp, run_dir / FRONTIER_FIGURE)
+        tables.append(_frontier_table(cmp))
+        figures[FRONTIER_FIGURE] = "Output defenses: leakage beyond the label per attack family and the best aware attack against mean L1"
     intro = (f"{cmp['dataset']}: {len(cmp['defenses'])} defenses against the same attacks. The attacker "
              f"knows {cmp['known_members']} members and {cmp['known_nonmembers']} non-members and is scored on "
              f"{cmp['scored_members']} + {cmp['scored_nonmembers']} others; aware = it knows the defense and its "
              "hyperparameters: it trains its shadow models with the training defense, runs its own copy of the "
              "output defense fitted on its own shadow data, and fits on defended outputs.")
-    caption = "Privacy against utility: best aware attack and TPR at 0.1% FPR against test accuracy, with gap floors"
     md = [f"# Defense comparison: {cmp['dataset']}", "", intro] + markdown_tables(tables)
-    md += ["", f"![{caption}]({FIGURE})", "", "Every number: compare.json."]
+    md += [line for name, caption in figures.items() for line in ("", f"![{caption}]({name})")]
+    md += ["", "Every number: compare.json."]
     with atomic_path(run_dir / "compare.md") as tmp:
         tmp.write_text("\n".join(md) + "\n")
     page = html_page(f"mia-fast compare: {cmp['dataset']}",
                      [f"<h1>Defense comparison: {cmp['dataset']}</h1>", f"<p>{intro}</p>", *html_tables(tables)],
-                     {FIGURE: caption}, run_dir)
+                     figures, run_dir)
     with atomic_path(run_dir / "compare.html") as tmp:
         tmp.write_text(page)
 

@@ -25,7 +25,8 @@ def step_size_sweep(threat: ThreatModel, deployment: Deployment, mim0=None) -> l
     for k, factor in enumerate(threat.opt.sweep):
         eps = factor * defense.eps
 
-        at_eps = AEPPT.from_substitute(defense.substitute, **{**defense.params(), "eps": eps})
+        at_eps = AEPPT.from_substitute(defense.substitute, query_key=getattr(defense, "query_key", None),
+                                       **{**defense.params(), "eps": eps})
 
         def d(p: Tensor, which: int, at_eps=at_eps) -> Tensor:
             return at_eps.defend(p.float().to(threat.cfg.device), generator=stream(threat.seed, "sweep", 4 * k + which),

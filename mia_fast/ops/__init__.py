@@ -137,6 +137,14 @@ def select_within_distance(originals: Tensor, candidates: Tensor, losses: Tensor
     return reference.select_within_distance_reference(originals, candidates, losses, eps, valid, squared)
 
 
+def place_in_rank_order(probs: Tensor, values: Tensor) -> Tensor:
+    """Each row of ``values`` [B, C] (sorted largest first) in the rank order of the same row of
+    ``probs``; see `reference.place_in_rank_order_reference`. float32, contiguous, CPU or CUDA."""
+    if _use_extension(probs.device):
+        return torch.ops.mia_fast.place_in_rank_order.default(probs, values)
+    return reference.place_in_rank_order_reference(probs, values)
+
+
 if HAS_EXTENSION:
 
     @torch.library.register_fake("mia_fast::aeppt")
@@ -161,7 +169,14 @@ if HAS_EXTENSION:
         n, k = candidates.shape[0], candidates.shape[1]
         return originals.new_empty(n, dtype=torch.long), originals.new_empty(n, k)
 
+    @torch.library.register_fake("mia_fast::place_in_rank_order")
+    def _rank_order_fake(probs, values):
+        torch._check(probs.dim() == 2 and values.shape == probs.shape,
+                     lambda: f"mia_fast::place_in_rank_order: probs and values must be the same [B, C], got "
+                             f"{tuple(probs.shape)} and {tuple(values.shape)}")
+        return torch.empty_like(values)
 
-__all__ = ["aeppt", "aeppt_with_events", "select_within_distance", "has_cuda_kernels", "has_cuda_event_kernels",
+
+__all__ = ["aeppt", "aeppt_with_events", "select_within_distance", "place_in_rank_order", "has_cuda_kernels", "has_cuda_event_kernels",
            "HAS_EXTENSION", "PRECISIONS", "check_precision", "ALGORITHMS", "check_algorithm", "default_algorithm",
            "reference"]

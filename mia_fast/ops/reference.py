@@ -2,6 +2,8 @@
 
 `aeppt_loop` is Algorithm 1 of Xue et al. (AEPPT, sec. 4.4) written with autograd for any logit
 function; `aeppt_reference` applies it to the label-folded substitute MIM with the op's signature.
+`place_in_rank_order_reference` defines the op behind the rank-preserving output defenses (HAMP's
+output step, the rank template).
 """
 from __future__ import annotations
 
@@ -137,3 +139,12 @@ def select_within_distance_reference(originals: Tensor, candidates: Tensor, loss
     hit = qualifies & (key == best)
     index = torch.where(hit.any(1), hit.to(torch.int8).argmax(1), torch.full_like(best[:, 0], -1, dtype=torch.long))
     return index, d2 if squared else d2.sqrt()
+
+
+def place_in_rank_order_reference(probs: Tensor, values: Tensor) -> Tensor:
+    """Reference of ``mia_fast::place_in_rank_order``: each row of ``values`` [B, C] (sorted largest first)
+    placed in the rank order of the same row of ``probs`` [B, C]: out[b, j] = values[b, rank of probs[b, j]],
+    ranks from the largest (0), ties in index order (a stable descending sort), so the argmax and the
+    ranking of ``probs`` are kept wherever ``values`` is strictly decreasing."""
+    order = probs.argsort(dim=1, descending=True, stable=True)
+    return torch.empty_like(values).scatter_(1, order, values)

@@ -116,3 +116,12 @@ class Emulator:
             _ptr(originals), _ptr(candidates), _ptr(losses), _ptr(valid), _ptr(index), _ptr(distances),
             ctypes.c_int64(n), k, d, ctypes.c_float(threshold), int(squared), ctypes.c_size_t(misalign)))
         return index, distances
+
+    def place_in_rank_order(self, probs: Tensor, values: Tensor, misalign: int = 0) -> Tensor:
+        """`launch_place_in_rank_order` (rank_order_kernel.cu); unwritten outputs stay NaN."""
+        rows, classes = probs.shape
+        out = torch.full((rows, classes), float("nan"))
+        self._check(self._lib.cuda_emulator_place_in_rank_order(
+            _ptr(probs.contiguous()), _ptr(values.contiguous()), _ptr(out), ctypes.c_int64(rows), classes,
+            ctypes.c_size_t(misalign)))
+        return out

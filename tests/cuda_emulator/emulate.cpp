@@ -3,6 +3,7 @@
 // message is then in cuda_emulator_error(). The kernels see copies of the host buffers in
 // DeviceMemory (bounds-checked; inputs read-only and shifted `misalign` bytes off 16-byte alignment).
 #include "../../csrc/cuda/aeppt_kernel.cu"
+#include "../../csrc/cuda/rank_order_kernel.cu"
 
 namespace mia_fast {
 namespace cuda {
@@ -60,6 +61,15 @@ int cuda_emulator_select(const float* originals, const float* candidates, const 
                      m.input("losses", losses, nk), m.input("valid", valid, nk), m.output("index", index, (size_t)n),
                      m.output("distances", distances, nk), n, k, d, threshold, squared != 0};
   return m.finish(launch_select(a, nullptr));
+}
+
+int cuda_emulator_place_in_rank_order(const float* probs, const float* values, float* out, int64_t rows, int classes,
+                                      size_t misalign) {
+  const size_t n = (size_t)rows * classes;
+  DeviceMemory m(misalign);
+  const RankOrderArgs a{m.input("probs", probs, n), m.input("values", values, n), m.output("out", out, n), rows,
+                        classes};
+  return m.finish(launch_place_in_rank_order(a, nullptr));
 }
 
 }  // extern "C"

@@ -3,8 +3,9 @@ from .aeppt import AEPPT, AEPPTDefense, AEPPTResult, PAPER_EPS, aeppt, draw_step
 from .hamp_output import HAMPOutput
 from .label_only import LabelOnly
 from .memguard import MemGuard
+from .rank_template import RankTemplate
 from .rounding import Rounding
 from .topk import TopK
 
 __all__ = ["AEPPT", "AEPPTDefense", "AEPPTResult", "PAPER_EPS", "aeppt", "draw_steps", "HAMPOutput", "LabelOnly",
-           "MemGuard", "Rounding", "TopK"]
+           "MemGuard", "RankTemplate", "Rounding", "TopK"]

@@ -17,6 +17,7 @@ from ... import ops
 from ...models.substitute import FoldedMIM, SubstituteMIM
 from ...validation import check_probabilities
 from ..base import OutputDefense, register_defense
+from ..keyed import check_key, keyed_uniform
 
 Tensor = torch.Tensor
 
@@ -79,7 +80,7 @@ def aeppt(probs: Tensor, mim: Union[SubstituteMIM, FoldedMIM], eps: float, iters
           generator: Optional[torch.Generator] = None, preserve_label: bool = False,
           stop_when_flipped: bool = False, renormalize: bool = False, chunk_size: int = 65536,
           check_inputs: bool = True, allow_unnormalized: bool = False, precision: str = "fp32",
-          algorithm: Optional[str] = None) -> AEPPTResult:
+          algorithm: Optional[str] = None, query_key: Optional[bytes] = None) -> AEPPTResult:
     """Defend confidence vectors with AEPPT (Xue et al., Algorithm 1).
 
     Args:
@@ -98,6 +99,8 @@ def aeppt(probs: Tensor, mim: Union[SubstituteMIM, FoldedMIM], eps: float, iters
         precision: "fp32", or "3xtf32" on CUDA (tensor cores, about fp32 accuracy; see `ops.aeppt`).
         algorithm: "events" (incremental forward passes with exact corrections) or "dense"; default
             `ops.default_algorithm` of the device (events on CPU). Same results up to float32 rounding.
+        query_key: draw each vector's steps from a keyed hash of the vector itself
+            (`mia_fast.defenses.keyed`) instead of ``generator``: the same query always gets the same answer.
 
     Returns:
         An `AEPPTResult` with the defended vectors and per-sample statistics.
@@ -123,7 +126,8 @@ def aeppt(probs: Tensor, mim: Union[SubstituteMIM, FoldedMIM], eps: float, iters
     outs = []
     for start in range(0, x.shape[0], chunk_size):
         part = x[start:start + chunk_size]
-        steps = draw_steps(iters, part.shape[0], eps, generator=generator, device=x.device)
+        steps = (keyed_uniform(part, query_key, iters) * eps if query_key is not None
+                 else draw_steps(iters, part.shape[0], eps, generator=generator, device=x.device))
         outs.append(ops.aeppt(part, *folded.weights(), steps, preserve_label, stop_when_flipped, renormalize,
                               precision=precision, algorithm=algorithm))
     adv, before, after = (torch.cat(t) for t in zip(*outs)) if outs else (x.clone(), x[:, 0], x[:, 0])
@@ -189,7 +193,8 @@ class AEPPT(OutputDefense):
     """AEPPT as a registered output defense (Xue et al., Algorithm 1): ``fit`` trains the substitute MIM
     I' on the defender's member and non-member outputs (`train_substitute`, ``mim_epochs``), ``defend``
     runs the fused op. Hyperparameters as in `aeppt`; ``eps`` has no default (the paper's are in
-    `PAPER_EPS`; a run directory supplies its own).
+    `PAPER_EPS`; a run directory supplies its own). ``keyed``: the steps come from a keyed hash of
+    each query (`mia_fast.defenses.keyed`; the key is made by ``fit``, or given to `from_substitute`).
 
     >>> torch.manual_seed(0) and None
     >>> d = AEPPT.from_substitute(SubstituteMIM(10), eps=1e-3, iters=20)
@@ -206,7 +211,8 @@ class AEPPT(OutputDefense):
 
     def __init__(self, *, eps: Optional[float] = None, iters: int = 100, mim_epochs: int = 100,
                  preserve_label: bool = False, stop_when_flipped: bool = False, renormalize: bool = False,
-                 precision: str = "fp32", chunk_size: int = 65536, algorithm: Optional[str] = None):
+                 precision: str = "fp32", chunk_size: int = 65536, algorithm: Optional[str] = None,
+                 keyed: bool = False):
         if eps is not None and not eps >= 0:
             raise ValueError(f"aeppt: eps must be >= 0, got {eps!r}")
         if iters < 0 or mim_epochs < 1 or chunk_size < 1:
@@ -219,12 +225,16 @@ class AEPPT(OutputDefense):
         self.eps, self.iters, self.mim_epochs = eps, int(iters), int(mim_epochs)
         self.preserve_label, self.stop_when_flipped = bool(preserve_label), bool(stop_when_flipped)
         self.renormalize, self.precision, self.chunk_size = bool(renormalize), precision, int(chunk_size)
+        self.keyed = bool(keyed)
         self.substitute = None
 
     @classmethod
-    def from_substitute(cls, mim: SubstituteMIM, **params) -> "AEPPT":
-        """AEPPT around an already trained substitute MIM (a run's substitute.safetensors, `train_substitute`)."""
+    def from_substitute(cls, mim: SubstituteMIM, *, query_key: Optional[bytes] = None, **params) -> "AEPPT":
+        """AEPPT around an already trained substitute MIM (a run's substitute.safetensors, `train_substitute`);
+        a keyed one needs its ``query_key`` (`mia_fast.defenses.keyed.new_key`)."""
         defense = cls(**params)
+        if defense.keyed:
+            defense.query_key = check_key(query_key)
         defense.substitute, defense._fitted = mim.eval(), True
         return defense
 
@@ -261,5 +271,6 @@ class AEPPT(OutputDefense):
         res = aeppt(probs.contiguous(), self.substitute, self.eps, self.iters, generator=generator,
                     preserve_label=self.preserve_label, stop_when_flipped=self.stop_when_flipped,
                     renormalize=self.renormalize, chunk_size=self.chunk_size, check_inputs=False,
-                    precision=self.precision, algorithm=self.algorithm)
+                    precision=self.precision, algorithm=self.algorithm,
+                    query_key=self.query_key if self.keyed else None)
         return res.adversarial, {"decision_flipped": res.decision_flipped}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ... import ops
 from ...training.target import predict_proba
 from ..base import OutputDefense, check_positive, register_defense
 
@@ -30,7 +31,8 @@ def random_inputs(like: torch.Tensor, count: int, generator: torch.Generator) ->
 class HAMPOutput(OutputDefense):
     """Replace each vector's values by those of the target's output on a random input, in the original's
     rank order (label and ranking kept). ``fit`` queries the target on ``bank_size`` random inputs
-    (`random_inputs`) and keeps their sorted outputs; ``defend`` draws one per answer.
+    (`random_inputs`) and keeps their sorted outputs; ``defend`` draws one per answer (``keyed``: the
+    draw comes from a keyed hash of the query, so the same query always gets the same values).
 
     >>> d = HAMPOutput(bank_size=4)
     >>> d.load_state_dict({"bank": torch.tensor([[0.6, 0.3, 0.1]]).repeat(4, 1)})
@@ -44,9 +46,9 @@ class HAMPOutput(OutputDefense):
     randomized = True
     uses = frozenset({"target"})
 
-    def __init__(self, *, bank_size: int = 5000):
+    def __init__(self, *, bank_size: int = 5000, keyed: bool = False):
         check_positive(self.name, bank_size=bank_size)
-        self.bank_size = int(bank_size)
+        self.bank_size, self.keyed = int(bank_size), bool(keyed)
         self.bank = None
 
     def _fit(self, member_probs, member_labels, nonmember_probs, nonmember_labels, *, target, inputs, seed, device,
@@ -73,7 +75,8 @@ class HAMPOutput(OutputDefense):
     def _defend(self, probs, generator):
         if self.bank.shape[1] != probs.shape[1]:
             raise ValueError(f"hamp-output: fitted on {self.bank.shape[1]} classes, got {probs.shape[1]}")
-        pick = torch.randint(len(self.bank), (probs.shape[0],), generator=generator)
-        values = self.bank[pick].to(probs.device)
-        order = probs.argsort(dim=1, descending=True, stable=True)
-        return torch.empty_like(probs).scatter_(1, order, values)
+        if self.keyed:
+            pick = (self.keyed_uniform(probs, 1)[0].cpu() * len(self.bank)).long().clamp_max(len(self.bank) - 1)
+        else:
+            pick = torch.randint(len(self.bank), (probs.shape[0],), generator=generator)
+        return ops.place_in_rank_order(probs.contiguous(), self.bank[pick].to(probs.device).contiguous())

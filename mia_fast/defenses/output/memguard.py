@@ -110,6 +110,8 @@ class MemGuard(OutputDefense):
         c2, c3_init, rounds: the label-constraint weight, the first distortion weight (multiplied by 10
             per round) and the number of rounds.
         classifier_epochs: epochs of the defense classifier (BCE, Adam lr 1e-3).
+        keyed: phase II's coin comes from a keyed hash of the query (`mia_fast.defenses.keyed`): the
+            same query always gets the same answer.
     """
 
     name = "memguard"
@@ -119,14 +121,14 @@ class MemGuard(OutputDefense):
     uses = frozenset({"outputs"})
 
     def __init__(self, *, budget: float = 1.0, iters: int = 300, step: float = 0.1, c2: float = 10.0,
-                 c3_init: float = 0.1, rounds: int = 3, classifier_epochs: int = 100):
+                 c3_init: float = 0.1, rounds: int = 3, classifier_epochs: int = 100, keyed: bool = False):
         check_positive(self.name, budget=budget, iters=iters, step=step, rounds=rounds,
                        classifier_epochs=classifier_epochs)
         if c2 < 0 or c3_init < 0:
             raise ValueError(f"memguard: c2 and c3_init must be >= 0, got c2={c2!r}, c3_init={c3_init!r}")
         self.budget, self.iters, self.step = float(budget), int(iters), float(step)
         self.c2, self.c3_init, self.rounds = float(c2), float(c3_init), int(rounds)
-        self.classifier_epochs = int(classifier_epochs)
+        self.classifier_epochs, self.keyed = int(classifier_epochs), bool(keyed)
         self.classifier = None
 
     def _fit(self, member_probs, member_labels, nonmember_probs, nonmember_labels, *, target, inputs, seed, device,
@@ -166,6 +168,7 @@ class MemGuard(OutputDefense):
         noisy, succeeded = self.phase_one(probs)
         l1 = (noisy - probs).abs().sum(1)
         keep_prob = torch.clamp(self.budget / l1.clamp_min(1e-12), max=1.0)
-        coin = torch.rand(len(probs), generator=generator).to(probs.device)
+        coin = (self.keyed_uniform(probs, 1)[0] if self.keyed
+                else torch.rand(len(probs), generator=generator).to(probs.device))
         add = coin < keep_prob
         return torch.where(add[:, None], noisy, probs), {"noise_found": succeeded, "noise_added": add & succeeded}
