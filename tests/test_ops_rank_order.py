@@ -21,7 +21,8 @@ def _case(rows, classes, seed, *, ties=False):
 
 
 @pytest.mark.parametrize("device", devices())
-@pytest.mark.parametrize("rows,classes", [(1, 1), (7, 2), (300, 10), (64, 100), (5, 1000), (0, 30)])
+@pytest.mark.parametrize("rows,classes", [(1, 1), (7, 2), (300, 10), (64, 100), (9, 128), (9, 129), (5, 1000),
+                                          (0, 30)])
 @pytest.mark.parametrize("ties", [False, True])
 def test_matches_reference_exactly(device, rows, classes, ties):
     probs, values = _case(rows, classes, seed=rows + classes, ties=ties)
@@ -47,9 +48,11 @@ def test_on_a_trained_models_outputs_label_and_ranking_stay():
     assert torch.allclose(out.sum(1), values.sum(1))
 
 
-def test_nan_rows_stay_inside_the_row():
-    probs = torch.tensor([[float("nan"), 0.5, 0.5], [0.2, float("nan"), float("nan")]])
-    values = torch.tensor([[3.0, 2.0, 1.0]]).expand(2, -1).contiguous()
+@pytest.mark.parametrize("classes", [3, 300])  # both CPU paths: counting, and the sort above 128 classes
+def test_nan_rows_stay_inside_the_row(classes):
+    probs = torch.rand(2, classes, generator=torch.Generator().manual_seed(0))
+    probs[0, 0], probs[1, 1:] = float("nan"), float("nan")
+    values = torch.arange(classes, 0, -1).float().expand(2, -1).contiguous()
     out = ops.place_in_rank_order(probs, values)
     assert bool(torch.isin(out, values[0]).all())
 

@@ -69,6 +69,22 @@ def test_answers_are_the_librarys(target):
         assert not torch.allclose(torch.tensor(got), aeppt.defend(probs, generator=stream(7, "serving", 0)).defended)
 
 
+def test_a_keyed_defense_answers_a_repeated_query_the_same_whatever_came_between(target):
+    from mia_fast.defenses.keyed import new_key
+
+    probs = random_probs(3, 5, torch.Generator().manual_seed(2))
+    others = random_probs(4, 5, torch.Generator().manual_seed(3))
+    torch.manual_seed(3)
+    keyed = AEPPT.from_substitute(SubstituteMIM(5), eps=1e-2, iters=5, keyed=True, query_key=new_key(1))
+    with serving(Service(keyed, 5, target, (12,), seed=7), max_wait_ms=0) as url:
+        answers = []
+        for batch in (probs, others, torch.cat([others[:1], probs])):  # other batches, other positions
+            got = httpx.post(f"{url}/v1/defend", json={"probabilities": batch.tolist()}).json()["probabilities"]
+            answers.append(torch.tensor(got)[-3:] if len(batch) == 4 else torch.tensor(got))
+    assert torch.equal(answers[0], answers[2]) and not torch.equal(answers[0], probs)
+    assert torch.allclose(answers[0], keyed.defend(probs).defended, atol=1e-6)
+
+
 @pytest.mark.parametrize("endpoint, body, code, message", [
     ("defend", '{"probabilities": [[0.5, 0.5]]}', 400, "has 2 classes but the membership model expects 5"),
     ("defend", '{"probabilities": [[NaN, 0.5, 0.5, 0, 0]]}', 400, "row 0 contains NaN or Inf"),

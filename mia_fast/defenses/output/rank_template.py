@@ -41,8 +41,8 @@ class RankTemplate(OutputDefense):
 
     >>> d = RankTemplate()
     >>> d.load_state_dict({"templates": torch.tensor([[0.7, 0.2, 0.1]])})
-    >>> d.defend(torch.tensor([[0.05, 0.9, 0.05], [0.2, 0.1, 0.7]])).defended.tolist()
-    [[0.20000000298023224, 0.699999988079071, 0.10000000149011612], [0.20000000298023224, 0.10000000149011612, 0.699999988079071]]
+    >>> d.defend(torch.tensor([[0.05, 0.9, 0.05], [0.2, 0.1, 0.7]])).defended.mul(10).round().tolist()
+    [[2.0, 7.0, 1.0], [2.0, 1.0, 7.0]]
     """
 
     name = "rank-template"
@@ -62,8 +62,9 @@ class RankTemplate(OutputDefense):
             self.templates = overall[None]
             return
         predicted = probs.argmax(1)
-        self.templates = torch.stack([median_template(probs[predicted == c]) if int((predicted == c).sum()) >= MIN_CLASS_ROWS
-                                      else overall for c in range(probs.shape[1])])
+        counts = torch.bincount(predicted, minlength=probs.shape[1])
+        self.templates = torch.stack([median_template(probs[predicted == c]) if counts[c] >= MIN_CLASS_ROWS else overall
+                                      for c in range(probs.shape[1])])
 
     @property
     def num_classes(self):
@@ -74,7 +75,8 @@ class RankTemplate(OutputDefense):
 
     def load_state_dict(self, state: dict) -> None:
         templates = state["templates"]
-        if not isinstance(templates, torch.Tensor) or templates.dim() != 2 or templates.shape[0] not in (1, templates.shape[1]):
+        if (not isinstance(templates, torch.Tensor) or templates.dim() != 2
+                or templates.shape[0] not in (1, templates.shape[1])):
             raise ValueError("rank-template: state 'templates' must be a [1, C] or [C, C] tensor")
         self.templates = templates.float()
         self._fitted = True
