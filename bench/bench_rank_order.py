@@ -22,13 +22,15 @@ from mia_fast.ops.reference import place_in_rank_order_reference
 from mia_fast.testing import random_probs
 
 
-def timed(fn, rounds):
-    best = float("inf")
+def interleaved(methods, rounds, batch, classes):
+    """One row per method: the minimum over ``rounds`` rounds, the methods run in turn within a round."""
+    times = {name: float("inf") for name in methods}
     for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+        for name, fn in methods.items():
+            t = time.perf_counter()
+            fn()
+            times[name] = min(times[name], time.perf_counter() - t)
+    return [{"B": batch, "C": classes, "method": name, "min_s": t, "rows_per_s": batch / t} for name, t in times.items()]
 
 
 def main():
@@ -44,12 +46,7 @@ def main():
         assert torch.equal(ops.place_in_rank_order(probs, values), place_in_rank_order_reference(probs, values))
         methods = {"place_in_rank_order (fused CPU op)": lambda: ops.place_in_rank_order(probs, values),
                    "argsort + scatter (reference)": lambda: place_in_rank_order_reference(probs, values)}
-        times = {name: [] for name in methods}
-        for _ in range(args.rounds):
-            for name, fn in methods.items():
-                times[name].append(timed(fn, 1))
-        for name, t in times.items():
-            rows.append({"B": batch, "C": classes, "method": name, "min_s": min(t), "rows_per_s": batch / min(t)})
+        rows += interleaved(methods, args.rounds, batch, classes)
     # AEPPT on the same kind of answers (C = 30, the run's T = 100), unkeyed and keyed
     batch, classes, iters = 16384, 30, 100
     probs = random_probs(batch, classes, torch.Generator().manual_seed(0)).contiguous()
@@ -61,12 +58,7 @@ def main():
                "keyed steps alone (hash + SplitMix64)": lambda: keyed_uniform(probs, key, iters),
                "generator steps alone": lambda: draw_steps(iters, batch, 2.5e-4,
                                                            generator=torch.Generator().manual_seed(0))}
-    times = {name: [] for name in methods}
-    for _ in range(args.rounds):
-        for name, fn in methods.items():
-            times[name].append(timed(fn, 1))
-    for name, t in times.items():
-        rows.append({"B": batch, "C": classes, "method": name, "min_s": min(t), "rows_per_s": batch / min(t)})
+    rows += interleaved(methods, args.rounds, batch, classes)
     meta = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
     for r in rows:

@@ -213,3 +213,33 @@ def test_a_stopped_comparison_keeps_its_finished_points_and_evaluates_only_the_r
 def test_compare_refuses_bad_combinations_in_one_line(run, spec, message):
     r = CliRunner().invoke(main, ["compare", str(run), "--defenses", spec])
     assert r.exit_code == 1 and message in r.output and r.output.count("\n") == 1
+
+
+def test_frontier_rows_take_the_worst_attack_of_each_family():
+    from mia_fast.evaluation.compare import frontier_rows
+
+    def m(acc, beyond, tpr=0.01):
+        return {"accuracy": acc, "auc_correct_leak": beyond, "tpr_at_0.1%_fpr": tpr}
+
+    summary = {"best_aware_attack": "robustness", "best_aware_accuracy": 0.8, "best_score_accuracy": 0.7,
+               "gap_floor": 0.7, "best_aware_tpr_at_0.1%_fpr": 0.02}
+    attacks = {"confidence": m(0.7, 0.52), "entropy": m(0.69, 0.56), "mim0": m(0.71, 0.53), "shokri": m(0.7, 0.51),
+               "lira": m(0.66, 0.61), "rmia": m(0.7, 0.63), "gap": m(0.7, float("nan"), 0.0)}
+    defended = {"defense": {"perturbation": {"mean_l1": 0.28, "label_flips": 0}},
+                "attacks": {n: {"naive": v, "aware": v} for n, v in attacks.items()},
+                "adaptive": {"averaging": m(0.74, 0.58), "rounding": m(0.7, 0.5)}, "summary": summary}
+    label_only = json.loads(json.dumps(defended))
+    label_only["attacks"]["rmia"] = {"naive": m(0.7, 0.66), "aware": m(0.7, 0.66)}
+    cmp = {"undefended": {"attacks": {n: {"aware": v} for n, v in attacks.items()}, "summary": summary},
+           "defenses": {"rank-template": defended, "aeppt": defended}}
+    none, row, _ = frontier_rows(cmp)
+    assert none["defense"] == "none" and row["defense"] == "rank-template" and row["mean_l1"] == 0.28
+    assert row["beyond_label_metric"] == 0.56 and row["beyond_label_reference"] == 0.63
+    assert row["beyond_label_learned"] == 0.58  # the adaptive MIM0s count as learned attacks
+    assert abs(row["averaging_gain"] - 0.03) < 1e-12 and row["gap_tpr"] == 0.0 and row["bounded"] == []
+    # with label-only in the comparison, a label-keeping defense leaks at least what it leaks (argmax)
+    cmp["defenses"]["label-only"] = label_only
+    _, template, aeppt, _ = frontier_rows(cmp)
+    assert template["beyond_label_reference"] == 0.66 and template["measured"]["beyond_label_reference"] == 0.63
+    assert template["bounded"] == ["beyond_label_reference"]
+    assert aeppt["beyond_label_reference"] == 0.63 and aeppt["bounded"] == []  # AEPPT can change labels

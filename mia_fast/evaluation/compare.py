@@ -331,12 +331,23 @@ def privacy_utility_figure(cmp: dict, path: Path) -> None:
     _save(fig, path)
 
 
+#: Frontier numbers where more leakage is worse; label-only serving's bounds them for label-keeping defenses.
+BOUNDED = ("beyond_label_metric", "beyond_label_learned", "beyond_label_reference", "best_aware_accuracy",
+           "best_score_accuracy", "tpr")
+
+
 def frontier_rows(cmp: dict) -> list:
-    """The output defenses' frontier: for the undefended target and each point with an output defense,
-    mean L1, label flips, the leakage beyond the label (largest AUC among correctly classified records,
+    """The output defenses' frontier: for the undefended target and each point with an output defense on
+    it, mean L1, label flips, the leakage beyond the label (largest AUC among correctly classified records,
     aware) per attack family (metric thresholds; learned attack models, the adaptive MIM0s included;
     per-record shadow references), the best aware attack, TPR at 0.1% FPR, and what averaging repeated
-    queries adds to MIM0 fitted on single answers (accuracy points)."""
+    queries adds to MIM0 fitted on single answers (accuracy points).
+
+    An attacker facing a defense that keeps every label can take the argmax of each answer, and then sees
+    exactly what label-only serving shows (its own copy of the defense included). So when the comparison
+    has ``label-only``, each such defense's numbers in `BOUNDED` are at least label-only's: where the
+    battery measured less, the row holds label-only's value and names the field in ``bounded`` (the
+    battery's own number stays under ``measured``)."""
     def beyond(attacks: dict, adaptive: dict, family: str) -> float:
         values = [r["aware"].get("auc_correct_leak", math.nan) for n, r in attacks.items()
                   if n in ATTACKS and ATTACKS[n].family == family]
@@ -348,7 +359,8 @@ def frontier_rows(cmp: dict) -> list:
     out = []
     points = [("none", cmp["undefended"], 0.0, 0)] + [
         (name, ev, ev["defense"]["perturbation"]["mean_l1"], ev["defense"]["perturbation"]["label_flips"])
-        for name, ev in cmp["defenses"].items() if "naive" in next(iter(ev["attacks"].values()))]
+        for name, ev in cmp["defenses"].items()
+        if "naive" in next(iter(ev["attacks"].values())) and _point(name).spec.training is None]
     for name, ev, l1, flips in points:
         adaptive = ev.get("adaptive", {})
         attacks = ev["attacks"]
@@ -361,34 +373,56 @@ def frontier_rows(cmp: dict) -> list:
                     "best_score_accuracy": ev["summary"]["best_score_accuracy"],
                     "gap_floor": ev["summary"]["gap_floor"], "tpr": ev["summary"]["best_aware_tpr_at_0.1%_fpr"],
                     "gap_tpr": attacks.get("gap", {}).get("aware", {}).get("tpr_at_0.1%_fpr", math.nan),
-                    "averaging_gain": (averaging["accuracy"] - mim0["accuracy"]) if averaging and mim0 else math.nan})
+                    "averaging_gain": (averaging["accuracy"] - mim0["accuracy"]) if averaging and mim0 else math.nan,
+                    "bounded": [], "measured": {}})
+    bound = next((r for r in out if r["defense"] == "label-only"), None)
+    for r in out:
+        if bound is None or r is bound or r["defense"] == "none" or not _keeps_label(r["defense"]):
+            continue
+        for key in BOUNDED:
+            if bound[key] > r[key] + 1e-9:  # not for float noise between equal accuracies
+                r["measured"][key], r[key] = r[key], bound[key]
+                r["bounded"].append(key)
     return out
 
 
+def _keeps_label(label: str) -> bool:
+    from ..defenses import DEFENSES
+
+    output = _point(label).spec.output
+    return output is not None and DEFENSES[output].keeps_label
+
+
 def _frontier_table(cmp: dict) -> tuple:
-    fmt = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else _pct(v)  # noqa: E731
+    def cell(r, key, text):
+        value = text(r[key])
+        return f"{value} (battery {text(r['measured'][key])})" if key in r["bounded"] else value
+
+    pct = lambda v: "-" if math.isnan(v) else _pct(v)  # noqa: E731
+    tpr = lambda v: f"{v:.3f}"  # noqa: E731
     return ("Output defenses: the frontier", "Leakage beyond the label (AUC among correctly classified records, "
             "aware) for each attack family: metric thresholds (confidence, entropy, modified entropy), learned "
             "attack models (MIM0-3, Shokri, the adaptive MIM0s), per-record shadow references (LiRA, RMIA). "
-            "Averaging: what MIM0 on the mean of repeated answers gains over MIM0 on one answer. Any output "
-            "defense that keeps the labels serves at least what label-only serving does (an attacker can "
-            "always take the argmax), so the label-only row bounds every such defense from below.",
+            "Averaging: what MIM0 on the mean of repeated answers gains over MIM0 on one answer. An attacker "
+            "facing a defense that keeps every label can take the argmax of each answer and then sees what "
+            "label-only serving shows, so label-only's numbers bound every such defense from below: where "
+            "the battery measured less for one, the cell shows label-only's value and the battery's in brackets.",
             ["defense", "mean L1", "label flips", "beyond label: metric", "learned", "reference",
              "best aware attack", "its accuracy", "best score attack accuracy", "gap floor", "TPR @ 0.1% FPR",
              "gap attack's TPR", "averaging gain"],
-            [[r["defense"], f"{r['mean_l1']:.3f}", str(r["label_flips"]), fmt(r["beyond_label_metric"]),
-              fmt(r["beyond_label_learned"]), fmt(r["beyond_label_reference"]), r["best_aware_attack"],
-              _pct(r["best_aware_accuracy"]), _pct(r["best_score_accuracy"]), _pct(r["gap_floor"]),
-              f"{r['tpr']:.3f}", "-" if math.isnan(r["gap_tpr"]) else f"{r['gap_tpr']:.3f}",
+            [[r["defense"], f"{r['mean_l1']:.3f}", str(r["label_flips"]),
+              *(cell(r, f"beyond_label_{f}", pct) for f in ("metric", "learned", "reference")),
+              r["best_aware_attack"], cell(r, "best_aware_accuracy", pct), cell(r, "best_score_accuracy", pct),
+              _pct(r["gap_floor"]), cell(r, "tpr", tpr), "-" if math.isnan(r["gap_tpr"]) else tpr(r["gap_tpr"]),
               "-" if math.isnan(r["averaging_gain"]) else f"{100 * r['averaging_gain']:+.1f} pts"]
              for r in frontier_rows(cmp)])
 
 
 def frontier_figure(cmp: dict, path: Path) -> None:
     """Leakage beyond the label per attack family, and the best aware attack, against mean L1 for the
-    output defenses, with the gap floor and the label-only point drawn."""
+    output defenses, with the gap floor and label-only serving (the bound of label-keeping ones) drawn."""
     table = frontier_rows(cmp)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
     styles = {"metric": "^", "learned": "s", "reference": "D"}
     for i, r in enumerate(table):
         c = "black" if r["defense"] == "none" else plt.cm.tab20(i % 20)
@@ -396,30 +430,28 @@ def frontier_figure(cmp: dict, path: Path) -> None:
             v = r[f"beyond_label_{family}"]
             if not math.isnan(v):
                 axes[0].scatter(r["mean_l1"], v, marker=marker, s=45, color=c)
-        worst = max((r[f"beyond_label_{f}"] for f in styles if not math.isnan(r[f"beyond_label_{f}"])), default=math.nan)
-        if not math.isnan(worst):
-            axes[0].annotate(r["defense"], (r["mean_l1"], worst), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        axes[1].scatter(r["mean_l1"], r["best_aware_accuracy"], marker="o", s=50, color=c)
+        axes[1].scatter(r["mean_l1"], r["best_aware_accuracy"], marker="o", s=50, color=c, label=r["defense"])
         axes[1].scatter(r["mean_l1"], r["best_score_accuracy"], marker="x", s=50, color=c)
-        axes[1].annotate(r["defense"], (r["mean_l1"], r["best_aware_accuracy"]), textcoords="offset points",
-                         xytext=(4, 4), fontsize=7)
     for family, marker in styles.items():
         axes[0].scatter([], [], marker=marker, color="grey", label=f"{family} attacks")
     axes[0].axhline(0.5, color="grey", lw=0.8)
     axes[0].axhline(0.55, color="green", lw=0.8, ls=":", label="0.55")
+    label_only = next((r for r in table if r["defense"] == "label-only"), None)
+    if label_only is not None and not math.isnan(label_only["beyond_label_reference"]):
+        axes[0].axhline(label_only["beyond_label_reference"], color="purple", lw=1, ls=":",
+                        label=f"label-only serving, reference attacks {label_only['beyond_label_reference']:.3f}")
     axes[0].set(xlabel="mean L1 distortion of the served outputs", ylabel="AUC among correctly classified (aware)",
-                ylim=(0.45, 1.0), title="leakage beyond the label")
+                ylim=(0.45, 1.0), title="leakage beyond the label (colours: right)")
     axes[0].legend(fontsize=7, loc="upper right")
     axes[1].axhline(cmp["gap_floor"], color="red", lw=1, ls="--", label=f"gap floor {cmp['gap_floor']:.3f}")
-    label_only = next((r for r in table if r["defense"] == "label-only"), None)
     if label_only is not None:
         axes[1].axhline(label_only["best_aware_accuracy"], color="purple", lw=1, ls=":",
-                        label=f"label-only serving {label_only['best_aware_accuracy']:.3f} (bound for label-keeping defenses)")
-    axes[1].scatter([], [], marker="o", color="grey", label="best aware attack")
-    axes[1].scatter([], [], marker="x", color="grey", label="best attack that reads scores")
-    axes[1].set(xlabel="mean L1 distortion of the served outputs", ylabel="attack accuracy", ylim=(0.45, 1.0),
-                title="strongest aware attacker")
-    axes[1].legend(fontsize=7, loc="upper right")
+                        label=f"label-only serving {label_only['best_aware_accuracy']:.3f}: the bound of "
+                              "every label-keeping defense")
+    axes[1].scatter([], [], marker="x", color="grey", label="(x: best attack that reads scores)")
+    axes[1].set(xlabel="mean L1 distortion of the served outputs", ylabel="accuracy of the best aware attack (o)",
+                ylim=(0.45, 1.0), title="strongest aware attacker")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle(f"{cmp['dataset']}: output defenses against a defense-aware attacker")
     _save(fig, path)
 
