@@ -225,13 +225,16 @@ def test_frontier_rows_take_the_worst_attack_of_each_family():
                "gap_floor": 0.7, "best_aware_tpr_at_0.1%_fpr": 0.02}
     attacks = {"confidence": m(0.7, 0.52), "entropy": m(0.69, 0.56), "mim0": m(0.71, 0.53), "shokri": m(0.7, 0.51),
                "lira": m(0.66, 0.61), "rmia": m(0.7, 0.63), "gap": m(0.7, float("nan"), 0.0)}
-    defended = {"defense": {"perturbation": {"mean_l1": 0.28, "label_flips": 0}},
+    defended = {"defense": {"perturbation": {"mean_l1": 0.28, "label_flips": 0}, "key": "rank-template-0123456789"},
                 "attacks": {n: {"naive": v, "aware": v} for n, v in attacks.items()},
                 "adaptive": {"averaging": m(0.74, 0.58), "rounding": m(0.7, 0.5)}, "summary": summary}
     label_only = json.loads(json.dumps(defended))
     label_only["attacks"]["rmia"] = {"naive": m(0.7, 0.66), "aware": m(0.7, 0.66)}
+    label_only["defense"]["key"] = "label-only-0123456789"
+    aeppt = json.loads(json.dumps(defended))
+    aeppt["defense"]["key"] = "aeppt-0123456789"
     cmp = {"undefended": {"attacks": {n: {"aware": v} for n, v in attacks.items()}, "summary": summary},
-           "defenses": {"rank-template": defended, "aeppt": defended}}
+           "defenses": {"rank-template": defended, "aeppt": aeppt}}
     none, row, _ = frontier_rows(cmp)
     assert none["defense"] == "none" and row["defense"] == "rank-template" and row["mean_l1"] == 0.28
     assert row["beyond_label_metric"] == 0.56 and row["beyond_label_reference"] == 0.63

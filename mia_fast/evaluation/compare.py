@@ -360,7 +360,8 @@ def frontier_rows(cmp: dict) -> list:
     points = [("none", cmp["undefended"], 0.0, 0)] + [
         (name, ev, ev["defense"]["perturbation"]["mean_l1"], ev["defense"]["perturbation"]["label_flips"])
         for name, ev in cmp["defenses"].items()
-        if "naive" in next(iter(ev["attacks"].values())) and _point(name).spec.training is None]
+        if "naive" in next(iter(ev["attacks"].values())) and "training" not in ev["defense"]]
+    keeps = {name: _keeps_label(ev) for name, ev, _, _ in points}
     for name, ev, l1, flips in points:
         adaptive = ev.get("adaptive", {})
         attacks = ev["attacks"]
@@ -377,7 +378,7 @@ def frontier_rows(cmp: dict) -> list:
                     "bounded": [], "measured": {}})
     bound = next((r for r in out if r["defense"] == "label-only"), None)
     for r in out:
-        if bound is None or r is bound or r["defense"] == "none" or not _keeps_label(r["defense"]):
+        if bound is None or r is bound or not keeps[r["defense"]]:
             continue
         for key in BOUNDED:
             if bound[key] > r[key] + 1e-9:  # not for float noise between equal accuracies
@@ -386,11 +387,13 @@ def frontier_rows(cmp: dict) -> list:
     return out
 
 
-def _keeps_label(label: str) -> bool:
+def _keeps_label(ev: dict) -> bool:
+    """Whether a point's output defense never changes a label (its deployed key is NAME-HASH)."""
     from ..defenses import DEFENSES
 
-    output = _point(label).spec.output
-    return output is not None and DEFENSES[output].keeps_label
+    key = ev.get("defense", {}).get("key")
+    cls = DEFENSES.get(key.rsplit("-", 1)[0]) if key else None
+    return bool(cls is not None and cls.kind == "output" and cls.keeps_label)
 
 
 def _frontier_table(cmp: dict) -> tuple:
