@@ -80,6 +80,7 @@ setup(
     install_requires=["torch>=2.10", "numpy", "click>=8", "tqdm", "scikit-learn", "matplotlib", "safetensors>=0.4",
                       "opacus==1.6.0"],  # DP-SGD; 1.6.0 is tested with the torch 2.13.0 CPU build
     extras_require={"serve": ["fastapi>=0.110", "uvicorn>=0.29"],
-                    "test": ["pytest", "pytest-benchmark", "fastapi>=0.110", "uvicorn>=0.29", "httpx"]},
+                    "ray": ["ray>=2.9"],
+                    "test": ["pytest", "pytest-benchmark", "fastapi>=0.110", "uvicorn>=0.29", "httpx", "ray>=2.9"]},
     entry_points={"console_scripts": ["mia-fast=mia_fast.cli:main"]},
 )

@@ -39,6 +39,24 @@ def _one_line_errors(fn):
     return wrapper
 
 
+def _engine_options(fn):
+    """--ray / --ray-address: the command's independent work units (shadow models, batches) run as Ray tasks;
+    the command gets ``engine`` and Ray is stopped again when it ends."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, ray, ray_address, **kwargs):
+        from .distributed import create_engine
+
+        with create_engine(ray=ray, address=ray_address) as engine:
+            return fn(*args, engine=engine, **kwargs)
+
+    wrapper = click.option("--ray-address", metavar="ADDRESS", help="Run them on the Ray cluster at ADDRESS "
+                           "(auto: the one this machine belongs to).")(wrapper)
+    return click.option("--ray", is_flag=True, help="Run the independent work (shadow models; defend: batches) as "
+                        "tasks on a local Ray instance started for this command (pip install 'mia-fast[ray]'); "
+                        "the results are the same.")(wrapper)
+
+
 def _device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: CUDA is not available on this machine")
@@ -101,7 +119,8 @@ def defenses_cmd():
 @click.option("--batch", default=4096, show_default=True, type=click.IntRange(min=1), help="Rows per defense call.")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Defended vectors, .npy or .pt.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the defense's randomness.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the defense's randomness (batch k "
+              "draws from the named stream (seed, defend, k)).")
 @click.option("--preserve-label", is_flag=True, help="AEPPT: never change the argmax.")
 @click.option("--stop-when-flipped", is_flag=True, help="AEPPT: stop a sample once I' crossed 0.5.")
 @click.option("--renormalize", is_flag=True, help="AEPPT: make each output sum to 1 again.")
@@ -113,8 +132,9 @@ def defenses_cmd():
                    "iteration (default on CUDA).")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the summary as JSON.")
 @_one_line_errors
+@_engine_options
 def defend(predictions, defense, params, run_dir, checkpoint, mim, eps, iters, batch, out, device, seed,
-           preserve_label, stop_when_flipped, renormalize, allow_unnormalized, precision, algorithm, json_out):
+           preserve_label, stop_when_flipped, renormalize, allow_unnormalized, precision, algorithm, json_out, engine):
     """Defend a file of confidence vectors with any output defense (default AEPPT, Xue et al. Algorithm 1),
     streamed in batches and written atomically."""
     from .defenses.streaming import defend_file
@@ -160,9 +180,8 @@ def defend(predictions, defense, params, run_dir, checkpoint, mim, eps, iters, b
         chosen = create_defense(defense, **given)
         if not chosen.fitted:
             raise InputError(f"{defense} must be fitted first: pass --run RUN_DIR (fits it there) or --checkpoint")
-    summary = defend_file(chosen, predictions, out, batch=batch, device=dev, generator=torch.Generator().manual_seed(seed),
-                          allow_unnormalized=allow_unnormalized, progress=sys.stderr.isatty())
-    summary["seed"] = seed
+    summary = defend_file(chosen, predictions, out, batch=batch, device=dev, seed=seed,
+                          allow_unnormalized=allow_unnormalized, progress=sys.stderr.isatty(), engine=engine)
     click.echo(f"defended {summary['n']} predictions ({summary['classes']} classes) with {chosen!r} -> {out}")
     rates = "  ".join(f"{k[:-5].replace('_', ' ')} {v:.1%}" for k, v in summary.items() if k.endswith("_rate"))
     click.echo(f"  mean L1 {summary['mean_l1']:.4g}  max L1 {summary['max_l1']:.4g}  label flips "
@@ -485,7 +504,8 @@ def _defense_option(fn):
 @click.option("--no-sweep", is_flag=True, help="Skip the defense's diagnostics (AEPPT: step-size sweep, loss curve).")
 @_attacker_options
 @_one_line_errors
-def evaluate(run_dir, defense, params, attacks, no_adaptive, no_sweep, **kwargs):
+@_engine_options
+def evaluate(run_dir, defense, params, attacks, no_adaptive, no_sweep, engine, **kwargs):
     """Attack a run without the defense, naively against it, and defense-aware; adaptive attacks, the
     defense's diagnostics; writes evaluation.json, evaluation.md, a self-contained evaluation.html and PNG
     figures."""
@@ -494,7 +514,7 @@ def evaluate(run_dir, defense, params, attacks, no_adaptive, no_sweep, **kwargs)
     given = _typed(defense, _param_pairs(params, prefixed=False).get(None, {}))
     ev = evaluate_run(run_dir, defense=defense, params=given, attacks=_attack_names(attacks),
                       adaptive=not no_adaptive, sweep=not no_sweep, options=_options(kwargs),
-                      log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty())
+                      log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty(), engine=engine)
     click.echo(format_evaluation(ev))
     click.echo(f"report: {Path(run_dir) / 'evaluation.html'} and evaluation.md ({ev['seconds']:.0f} s; numbers in "
                "evaluation.json)")
@@ -514,7 +534,8 @@ def evaluate(run_dir, defense, params, attacks, no_adaptive, no_sweep, **kwargs)
               "done (RUN/compare/) for the same attacks and options.")
 @_attacker_options
 @_one_line_errors
-def compare(run_dir, defense_list, params, attacks, no_adaptive, fresh, **kwargs):
+@_engine_options
+def compare(run_dir, defense_list, params, attacks, no_adaptive, fresh, engine, **kwargs):
     """Run the battery against several defenses on one run and put them side by side: compare.json,
     compare.md, a self-contained compare.html and the privacy-utility figure compare.png."""
     from .evaluation.compare import compare_run, format_comparison
@@ -523,7 +544,7 @@ def compare(run_dir, defense_list, params, attacks, no_adaptive, fresh, **kwargs
     typed = {name: _typed(name, values) for name, values in _param_pairs(params, prefixed=True).items()}
     cmp = compare_run(run_dir, names, params=typed, attacks=_attack_names(attacks), adaptive=not no_adaptive,
                       options=_options(kwargs), log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty(),
-                      fresh=fresh)
+                      fresh=fresh, engine=engine)
     click.echo(format_comparison(cmp))
     click.echo(f"report: {Path(run_dir) / 'compare.html'} and compare.md, figure compare.png "
                f"({cmp['seconds']:.0f} s; numbers in compare.json)")
@@ -541,14 +562,15 @@ def _attack_help():
 @_attacker_options
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Write the metrics as JSON.")
 @_one_line_errors
-def attack(run_dir, name, defense, params, json_out, **kwargs):
+@_engine_options
+def attack(run_dir, name, defense, params, json_out, engine, **kwargs):
     from .evaluation.battery import run_attack
     from .evaluation.threat import Deployment, ThreatModel
 
     if len(_attack_names(name) or []) != 1:
         raise InputError(f"NAME: one attack, got {name!r} (evaluate runs several)")
     threat = ThreatModel(run_dir, _options(kwargs), log=lambda m: click.echo(m, err=True),
-                         progress=sys.stderr.isatty())
+                         progress=sys.stderr.isatty(), engine=engine)
     deployment = Deployment(threat, defense, _typed(defense, _param_pairs(params, prefixed=False).get(None, {})))
     results, _ = run_attack(threat, name, deployment)
     for metrics in results.values():

@@ -1,8 +1,7 @@
 """Named random streams: the random draws of the pipeline, the defenses' fitting and the evaluation come
 from generators derived from (seed, purpose, index), never from ``seed + 17``. Two purposes, or two
 indices of one purpose, never share a stream, so adding a draw somewhere cannot silently reuse another
-one's numbers. (The run's splits draw from the run seed itself, and `mia-fast defend --seed S` seeds
-the defense's generator with S, as a user asked.)
+one's numbers. (The run's splits draw from the run seed itself.)
 
 >>> a = stream(0, "averaging-known", 3)
 >>> b = stream(0, "averaging-scored", 3)
@@ -52,6 +51,7 @@ PURPOSES = {
     "boundary-defended": "the deployed defense on the boundary attack's queries (index: 2 * query + known)",
     "training-randomness": "randomness inside a model while it trains (dropout masks), seeded from its seed",
     "serving": "the served defense's randomness on batch k of `mia-fast serve` (index: k)",
+    "defend": "the defense's randomness on batch k of a defended file, `mia-fast defend --seed S` (index: k)",
     "perturbation-subset": "which records input perturbation perturbs (alpha of them)",
     "simulator-model": "input perturbation's simulator model i (index: i, or 1000 * refit + i for its batches)",
     "perturbation-evaluator": "the leakage evaluator's halves and batches (2 * round) and initialisation (2 * round + 1)",

@@ -9,8 +9,8 @@ from typing import Callable, List, Tuple
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from ..distributed import LocalEngine
 from ..seeding import numpy_stream, stream_seed
 from ..training.target import predict_proba, train_model
 
@@ -36,38 +36,63 @@ class ShadowModels:
 
 def train_shadow_models(make_model: Callable[[], nn.Module], x, y, *, num_shadows: int = 6, train_size: int,
                         epochs: int = 100, lr: float = 1e-4, seed: int = 0, device="cpu",
-                        progress: bool = True, defense=None) -> ShadowModels:
+                        progress: bool = True, defense=None, engine=None) -> ShadowModels:
     """Train ``num_shadows`` models, each on ``train_size`` records drawn at random from the pool (x, y).
 
     Each shadow is trained like the target (`train_target`: cross-entropy, Adam), so its members are
     as overfit as the target's; with a training ``defense`` (the attacker knows the target's), each shadow
     is trained with it, holding up to ``train_size`` of the pool records it does not train on as its
     reference data where the defense uses some. Deterministic from ``seed`` (named streams: which records train each
-    shadow, and shadow k's initialisation and batch order).
+    shadow, and shadow k's initialisation and batch order). The shadows are independent work units of
+    ``engine`` (default: this process; `mia_fast.distributed.RayEngine` trains them as Ray tasks, with the
+    same result).
     """
     n = len(y)
     if num_shadows < 1 or not 0 < train_size < n:
         raise ValueError(f"need num_shadows >= 1 and 0 < train_size < {n} (pool size); "
                          f"got num_shadows={num_shadows}, train_size={train_size}")
     rng = numpy_stream(seed, "shadow-subsets")
-    x, y = torch.as_tensor(np.asarray(x)), torch.as_tensor(np.asarray(y))
-    models, in_mask = [], torch.zeros(num_shadows, n, dtype=torch.bool)
-    for k in tqdm(range(num_shadows), desc="shadow models", disable=not progress, leave=False):
-        chosen = torch.from_numpy(rng.choice(n, size=train_size, replace=False))
-        in_mask[k, chosen] = True
-        model_seed = stream_seed(seed, "shadow-model", k)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(model_seed)
-            model = make_model()
-        reference = None
-        if defense is not None and "reference" in defense.uses:
-            rest = torch.from_numpy(numpy_stream(seed, "shadow-reference", k).permutation(
-                np.flatnonzero(~in_mask[k].numpy()))[:train_size])
-            reference = (x[rest], y[rest])
-        train_model(model, x[chosen], y[chosen], defense=defense, reference=reference, epochs=epochs, lr=lr,
-                    seed=model_seed, device=device, progress=False)
-        models.append(model.cpu())
+    chosen = [torch.from_numpy(rng.choice(n, size=train_size, replace=False)) for _ in range(num_shadows)]
+    in_mask = torch.zeros(num_shadows, n, dtype=torch.bool)
+    for k, rows in enumerate(chosen):
+        in_mask[k, rows] = True
+    shared = _ShadowJob(make_model, torch.as_tensor(np.asarray(x)), torch.as_tensor(np.asarray(y)), chosen,
+                        in_mask, train_size, epochs, lr, seed, str(device), defense)
+    models = list((engine or LocalEngine()).map(_train_shadow, range(num_shadows), shared=shared,
+                                                desc="shadow models", total=num_shadows, progress=progress))
     return ShadowModels(models, in_mask)
+
+
+@dataclass
+class _ShadowJob:
+    make_model: Callable[[], nn.Module]
+    x: Tensor
+    y: Tensor
+    chosen: List[Tensor]
+    in_mask: Tensor
+    train_size: int
+    epochs: int
+    lr: float
+    seed: int
+    device: str
+    defense: object
+
+
+def _train_shadow(k: int, job: _ShadowJob) -> nn.Module:
+    """Shadow k: trained on ``job.chosen[k]`` (in that order), its randomness the stream (seed, "shadow-model", k)."""
+    chosen = job.chosen[k]
+    model_seed = stream_seed(job.seed, "shadow-model", k)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(model_seed)
+        model = job.make_model()
+    reference = None
+    if job.defense is not None and "reference" in job.defense.uses:
+        rest = torch.from_numpy(numpy_stream(job.seed, "shadow-reference", k).permutation(
+            np.flatnonzero(~job.in_mask[k].numpy()))[:job.train_size])
+        reference = (job.x[rest], job.y[rest])
+    train_model(model, job.x[chosen], job.y[chosen], defense=job.defense, reference=reference, epochs=job.epochs,
+                lr=job.lr, seed=model_seed, device=job.device, progress=False)
+    return model.cpu()
 
 
 def shadow_records(probs: Tensor, labels: Tensor, in_mask: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:

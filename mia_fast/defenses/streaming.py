@@ -7,21 +7,24 @@ from typing import Optional
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from ..distributed import LocalEngine
 from ..errors import InputError
 from ..io import as_tensor, atomic_path, load_array
+from ..seeding import stream
 from ..validation import check_probabilities
 from .base import OutputDefense
 
 
 def defend_file(defense: OutputDefense, predictions, out, *, batch: int = 4096, device: str = "cpu",
-                generator: Optional[torch.Generator] = None, allow_unnormalized: bool = False,
-                progress: bool = False) -> dict:
+                seed: int = 0, allow_unnormalized: bool = False, progress: bool = False, engine=None) -> dict:
     """Defend the [N, C] confidence vectors in ``predictions`` (.npy, memory-mapped, or .pt) batch by
     batch and write them to ``out`` (.npy or .pt) atomically: on any error nothing is left there.
-    Every batch is validated (finite, in [0, 1], rows sum to 1 unless ``allow_unnormalized``).
-    Returns the summary: n, classes, mean/max L1, label flips, the defense's own rates, timing."""
+    Every batch is validated (finite, in [0, 1], rows sum to 1 unless ``allow_unnormalized``). Batch k
+    draws its randomness from the stream (seed, "defend", k), so the batches are independent work units:
+    ``engine`` (`mia_fast.distributed`; default: this process) may defend them anywhere, e.g. as Ray tasks,
+    and the file is the same. Returns the summary: n, classes, mean/max L1, label flips, the defense's
+    own rates, timing."""
     out_path = Path(out)
     if out_path.suffix.lower() not in (".npy", ".pt"):
         raise InputError(f"--out {out}: unsupported file type {out_path.suffix or '(none)'}; use .npy or .pt")
@@ -37,6 +40,16 @@ def defend_file(defense: OutputDefense, predictions, out, *, batch: int = 4096, 
     expected = getattr(defense, "num_classes", None)
     if expected is not None and c != expected:
         raise InputError(f"predictions {predictions}: has {c} classes but the {defense.name} defense expects {expected}")
+
+    def batches():
+        for k, start in enumerate(range(0, n, batch)):
+            part = as_tensor(rows(start, min(start + batch, n)))
+            if not part.is_floating_point():
+                raise InputError(f"predictions {predictions}: expected float probabilities, got dtype {part.dtype}")
+            check_probabilities(part, num_classes=expected, allow_unnormalized=allow_unnormalized,
+                                name="predictions", row_offset=start)
+            yield k, part
+
     l1_sum, l1_max, flips, extras = 0.0, 0.0, 0, {}
     kept = []
     started = time.perf_counter()
@@ -45,32 +58,35 @@ def defend_file(defense: OutputDefense, predictions, out, *, batch: int = 4096, 
         if sink is not None:
             np.lib.format.write_array_header_1_0(sink, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
                                                         "fortran_order": False, "shape": (n, c)})
-        for start in tqdm(range(0, n, batch), desc="defend", unit="batch", disable=not progress, leave=False):
-            part = as_tensor(rows(start, min(start + batch, n)))
-            if not part.is_floating_point():
-                raise InputError(f"predictions {predictions}: expected float probabilities, got dtype {part.dtype}")
-            check_probabilities(part, num_classes=expected, allow_unnormalized=allow_unnormalized,
-                                name="predictions", row_offset=start)
-            res = defense.defend(part.to(device), generator=generator, check_inputs=False)
-            adv = res.defended.cpu()
+        results = (engine or LocalEngine()).map(_defend_batch, batches(), shared=(defense, str(device), seed),
+                                                desc="defend", total=-(-n // batch), progress=progress)
+        for adv, l1, changed, batch_extras in results:
             if sink is not None:
                 sink.write(adv.numpy().astype(np.float32, copy=False).tobytes())
             else:
                 kept.append(adv)
-            l1_sum += float(res.l1.sum())
-            l1_max = max(l1_max, float(res.l1.max()))
-            flips += int(res.label_changed.sum())
-            for key, value in res.extras.items():
-                extras[key] = extras.get(key, 0.0) + float(value.float().sum())
+            l1_sum += float(l1.sum())
+            l1_max = max(l1_max, float(l1.max()))
+            flips += int(changed.sum())
+            for key, total in batch_extras.items():
+                extras[key] = extras.get(key, 0.0) + total
         if sink is not None:
             sink.close()
         else:
             torch.save(torch.cat(kept), tmp)
     elapsed = time.perf_counter() - started
     return {"n": n, "classes": c, "defense": defense.name, "params": defense.params(), "device": str(device),
-            "mean_l1": l1_sum / n, "max_l1": l1_max, "label_flips": flips,
+            "seed": seed, "mean_l1": l1_sum / n, "max_l1": l1_max, "label_flips": flips,
             **{f"{key}_rate": total / n for key, total in extras.items()},
             "seconds": elapsed, "predictions_per_s": n / elapsed if elapsed > 0 else float("inf")}
+
+
+def _defend_batch(item, shared):
+    """One batch: (k, rows) -> (defended rows, L1 per row, label changed per row, the defense's counts)."""
+    (k, part), (defense, device, seed) = item, shared
+    res = defense.defend(part.to(device), generator=stream(seed, "defend", k), check_inputs=False)
+    return (res.defended.cpu(), res.l1.cpu(), res.label_changed.cpu(),
+            {key: float(value.float().sum()) for key, value in res.extras.items()})
 
 
 def _row_reader(path: Path, data):

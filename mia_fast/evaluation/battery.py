@@ -217,13 +217,14 @@ def run_header(threat: ThreatModel, names) -> dict:
 
 def evaluate_run(run_dir, *, defense: str = "aeppt", params: Optional[dict] = None, attacks=None,
                  adaptive: bool = True, sweep: bool = True, options: Optional[Options] = None,
-                 log: Optional[Callable[[str], None]] = None, progress: bool = False) -> dict:
+                 log: Optional[Callable[[str], None]] = None, progress: bool = False, engine=None) -> dict:
     """Run the battery against one output defense on a run made by `run_demo` (or `train-target`);
     saves evaluation.json and the report (evaluation.md, evaluation.html, PNG figures) in the run
-    directory. ``sweep`` runs the defense's diagnostics (AEPPT: step-size sweep, Fig. 5 loss curve)."""
+    directory. ``sweep`` runs the defense's diagnostics (AEPPT: step-size sweep, Fig. 5 loss curve); shadow
+    models train on ``engine`` (`mia_fast.distributed`; default: this process)."""
     options = options or Options()
     names = resolve_attacks(attacks, options)
-    threat = ThreatModel(run_dir, options, log=log, progress=progress)
+    threat = ThreatModel(run_dir, options, log=log, progress=progress, engine=engine)
     deployment = Deployment(threat, defense, params)
     started = time.perf_counter()
     evaluation, scores = evaluate_defense(threat, deployment, names, adaptive=adaptive, sweep=sweep)

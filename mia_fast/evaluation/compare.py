@@ -124,7 +124,7 @@ class _Targets:
             started = time.perf_counter()
             run = defended_target(t.run, defense, log=t.log, progress=t.progress)
             t.log(f"{defense.name}: target ready in {run.path} ({time.perf_counter() - started:.0f} s)")
-            self.variants[key] = ThreatModel(run.path, t.opt, log=t.log, progress=t.progress)
+            self.variants[key] = ThreatModel(run.path, t.opt, log=t.log, progress=t.progress, engine=t.engine)
         return self.variants[key]
 
 
@@ -178,15 +178,16 @@ class _Results:
 
 def compare_run(run_dir, defenses: Sequence, *, params: Optional[Dict[str, dict]] = None, attacks=None,
                 adaptive: bool = True, options: Optional[Options] = None, log: Optional[Callable[[str], None]] = None,
-                progress: bool = False, write: bool = True, fresh: bool = False) -> dict:
+                progress: bool = False, write: bool = True, fresh: bool = False, engine=None) -> dict:
     """Evaluate every defense or combination in ``defenses`` (spec texts, see `points`; ``params``:
     {defense name: hyperparameters}) on the run and write the comparison files there (unless ``write``
     is False). Points already evaluated with the same attacks and options are read from RUN/compare/
-    (``fresh``: evaluate them again). Returns the comparison (what compare.json holds)."""
+    (``fresh``: evaluate them again). Shadow models train on ``engine`` (`mia_fast.distributed`; default:
+    this process). Returns the comparison (what compare.json holds)."""
     chosen = points(defenses, params)
     options = options or Options()
     names = resolve_attacks(attacks, options)
-    threat = ThreatModel(run_dir, options, log=log, progress=progress)
+    threat = ThreatModel(run_dir, options, log=log, progress=progress, engine=engine)
     for point in chosen:  # bad names, hyperparameters and splits fail here, before anything is trained
         for name in point.spec.names:
             defense = create_defense(name, **point.params.get(name, {}))

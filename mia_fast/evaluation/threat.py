@@ -93,10 +93,11 @@ class ThreatModel:
     attack asks for it."""
 
     def __init__(self, run_dir, options: Optional[Options] = None, *, log: Optional[Callable[[str], None]] = None,
-                 progress: bool = False):
+                 progress: bool = False, engine=None):
         self.run = RunDir(run_dir)
         self.cfg, self.splits = self.run.config().resolved(), self.run.splits()
         self.opt, self.progress = options or Options(), progress
+        self.engine = engine  # where shadow models train (mia_fast.distributed; None: in this process)
         self.log = log or (lambda message: None)
         self.seed = self.cfg.seed
         self._cache: dict = {}
@@ -181,7 +182,7 @@ class ThreatModel:
                                       self.dataset.y[self.pool], num_shadows=self.opt.shadows,
                                       train_size=train_size, epochs=self.cfg.target_epochs, lr=self.cfg.target_lr,
                                       seed=self.seed, device=self.cfg.device, progress=self.progress,
-                                      defense=training_defense(self.cfg))
+                                      defense=training_defense(self.cfg), engine=self.engine)
         self.log(f"{self.opt.shadows} shadow models on {train_size} of {len(self.pool)} pool records: "
                  f"{time.perf_counter() - started:.0f} s (cached in {folder})")
         folder.mkdir(parents=True, exist_ok=True)
