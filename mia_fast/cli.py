@@ -429,8 +429,10 @@ def export_cmd(run_dir, defense, params, out):
     """Export the run's target + softmax + output defense as one graph (torch.export) compiled into an
     AOTInductor package; load it with torch._inductor.aoti_load_package(OUT)."""
     from .serving import Service
-    from .serving.export import export_defended
+    from .serving.export import check_exportable, export_defended
 
+    if defense:
+        check_exportable(create_defense(defense, **_defense_params(defense, params)))
     service = Service.from_run(run_dir, defense, _defense_params(defense, params),
                                log=lambda m: click.echo(m, err=True))
     example = torch.zeros(2, *service.feature_shape)

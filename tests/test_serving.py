@@ -162,23 +162,45 @@ def test_serve_a_run_from_the_command_line_path(tmp_path):
     assert torch.allclose(torch.tensor(got["probabilities"]), served, atol=1e-6)
     r = CliRunner().invoke(main, ["serve", "--run", str(run.path), "--param", "decimals=1"])
     assert r.exit_code == 1 and "--param needs --defense" in r.output
+    before = sorted(p.name for p in run.path.rglob("*"))
+    r = CliRunner().invoke(main, ["export", "--run", str(run.path), "--defense", "memguard", "-o", str(tmp_path / "m.pt2")])
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and "memguard does not export" in r.output
+    assert sorted(p.name for p in run.path.rglob("*")) == before and not (tmp_path / "m.pt2").exists()  # refused unfitted
+
+
+def fitted_rank_template(per_class=False):
+    template = torch.tensor([0.6, 0.2, 0.1, 0.06, 0.04])
+    defense = create_defense("rank-template", per_class=per_class)
+    defense.load_state_dict({"templates": template.expand(5 if per_class else 1, 5).clone()})
+    return defense
 
 
 def test_the_defended_model_exports_as_one_aotinductor_package(target, tmp_path):
     from mia_fast.serving.export import export_defended
 
-    rounding = create_defense("rounding", decimals=2)
+    rank_template = fitted_rank_template()  # its fused op must trace as aten ops: the package loads without it
     x = torch.rand(33, 12, generator=torch.Generator().manual_seed(5))
-    path = export_defended(target, rounding, x[:2], tmp_path / "served.pt2")
+    path = export_defended(target, rank_template, x[:2], tmp_path / "served.pt2")
     runner = torch._inductor.aoti_load_package(str(path))
-    got, expected = runner(x), rounding(predict_proba(target, x))  # any batch size, the library's answer
-    # compiled kernels compute in another order (last bits differ): a value at a rounding boundary can move
-    # by one step (0.01), the rest agree to float precision
-    assert got.shape == (33, 5) and float((got - expected).abs().max()) <= 0.01 + 1e-6
-    assert float(((got - expected).abs() <= 1e-6).float().mean()) > 0.95
+    got, expected = runner(x), rank_template(predict_proba(target, x))  # any batch size, the library's answer
+    assert got.shape == (33, 5) and torch.equal(got, expected)  # the template's values, in the target's ranks
     assert [p.name for p in tmp_path.iterdir()] == ["served.pt2"]  # nothing half-written beside it
     torch.manual_seed(3)
     aeppt = AEPPT.from_substitute(SubstituteMIM(5), eps=1e-2, iters=5)
-    with pytest.raises(Exception, match="export: aeppt does not export as one graph yet"):
+    with pytest.raises(Exception, match="export: aeppt does not export as one graph yet .it is randomized"):
         export_defended(target, aeppt, x[:2], tmp_path / "aeppt.pt2")
     assert not (tmp_path / "aeppt.pt2").exists()
+
+
+@pytest.mark.parametrize("name", ["rounding", "topk", "label-only", "rank-template[per_class]"])
+def test_every_deterministic_output_defense_traces_as_one_graph_that_answers_like_the_library(target, name):
+    from mia_fast.serving.export import DefendedModel
+
+    defense = (fitted_rank_template(per_class=True) if name == "rank-template[per_class]"
+               else create_defense(name, **({"decimals": 2} if name == "rounding" else {"k": 2} if name == "topk" else {})))
+    assert not defense.randomized
+    x = torch.rand(40, 12, generator=torch.Generator().manual_seed(6))
+    program = torch.export.export(DefendedModel(target, defense), (x[:2],),
+                                  dynamic_shapes={"x": {0: torch.export.Dim("batch", min=2, max=1024)}})
+    assert all(not str(node.target).startswith("mia_fast") for node in program.graph.nodes)
+    assert torch.equal(program.module()(x), defense(predict_proba(target, x)))

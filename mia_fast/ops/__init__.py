@@ -139,8 +139,9 @@ def select_within_distance(originals: Tensor, candidates: Tensor, losses: Tensor
 
 def place_in_rank_order(probs: Tensor, values: Tensor) -> Tensor:
     """Each row of ``values`` [B, C] (sorted largest first) in the rank order of the same row of
-    ``probs``; see `reference.place_in_rank_order_reference`. float32, contiguous, CPU or CUDA."""
-    if _use_extension(probs.device):
+    ``probs``; see `reference.place_in_rank_order_reference`. float32, contiguous, CPU or CUDA. Under
+    `torch.export` it is the reference's aten ops, so an exported graph loads without mia-fast."""
+    if _use_extension(probs.device) and not torch.compiler.is_exporting():
         return torch.ops.mia_fast.place_in_rank_order.default(probs, values)
     return reference.place_in_rank_order_reference(probs, values)
 

@@ -147,4 +147,4 @@ def place_in_rank_order_reference(probs: Tensor, values: Tensor) -> Tensor:
     ranks from the largest (0), ties in index order (a stable descending sort), so the argmax and the
     ranking of ``probs`` are kept wherever ``values`` is strictly decreasing."""
     order = probs.argsort(dim=1, descending=True, stable=True)
-    return torch.empty_like(values).scatter_(1, order, values)
+    return torch.empty_like(values).scatter(1, order, values)

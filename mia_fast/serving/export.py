@@ -1,9 +1,11 @@
 """The defended model as one graph: target + softmax + output defense, exported with `torch.export` and
 compiled into an AOTInductor package (.pt2) that serving stacks load without mia-fast's Python code.
 
-Deterministic defenses written in plain torch ops export (rounding, top-k, label-only). A defense whose
-code depends on the batch size or draws its own randomness (AEPPT's random step sizes, MemGuard's noise,
-HAMP's random inputs) does not yet: `export_defended` refuses it with one line naming the reason.
+Every deterministic output defense exports (rounding, top-k, label-only, the rank template: its
+`place_in_rank_order` op is traced as the reference's aten ops, so the package needs no mia-fast
+extension). A randomized defense (AEPPT, MemGuard, HAMP's output step) is refused with one line: its
+draws come from mia-fast's named streams or its keyed query hash, which a compiled graph does not
+reproduce; serve it with ``mia-fast serve``.
 """
 from __future__ import annotations
 
@@ -30,6 +32,13 @@ class DefendedModel(torch.nn.Module):
         return probs if self.defense is None else self.defense.defend(probs, check_inputs=False).defended
 
 
+def check_exportable(defense: Optional[OutputDefense]) -> None:
+    """InputError for a randomized defense (checked before fitting it, which can take long)."""
+    if defense is not None and defense.randomized:
+        raise InputError(f"export: {defense.name} does not export as one graph yet (it is randomized: its draws come "
+                         "from mia-fast's seeded streams or keyed query hash; serve it with `mia-fast serve`)")
+
+
 def export_defended(target: torch.nn.Module, defense: Optional[OutputDefense], example: torch.Tensor,
                     package_path, *, max_batch: int = 65536) -> Path:
     """Export ``DefendedModel(target, defense)`` with a dynamic batch dimension (2..``max_batch`` rows
@@ -40,6 +49,7 @@ def export_defended(target: torch.nn.Module, defense: Optional[OutputDefense], e
         raise InputError(f"package {path}: AOTInductor packages are .pt2 files")
     model = DefendedModel(target, defense).eval()
     example = example[:2] if len(example) >= 2 else example.expand(2, *example.shape[1:])
+    check_exportable(defense)
     name = "no defense" if defense is None else defense.name
     try:
         program = torch.export.export(model, (example,),
