@@ -176,6 +176,34 @@ def test_compare_trains_each_training_defense_once_and_combines_it_with_output_d
     assert (variant / "target.json").stat().st_mtime_ns == stamp  # trained once, reused
 
 
+def test_compare_judges_input_perturbation_with_shadows_that_protect_their_data_too(run, monkeypatch):
+    """The aware attacker knows the generator and eps: each of its shadow models trains on an upload made
+    the same way, so the protection runs once for the target and once per shadow."""
+    from mia_fast.defenses.training.input_perturbation import InputPerturbation
+
+    protected, real = [], InputPerturbation.protect
+
+    def counted(self, model, x, *args, **kwargs):
+        protected.append(len(x))
+        return real(self, model, x, *args, **kwargs)
+
+    monkeypatch.setattr(InputPerturbation, "protect", counted)
+    params = ["eps=8", "rounds=1", "simulators=2", "simulator_epochs=5", "candidates=4"]
+    r = CliRunner().invoke(main, ["compare", str(run), *SMALL, "--attacks", "gap,confidence", "--no-adaptive",
+                                  "--defenses", "input-perturbation",
+                                  *[a for p in params for a in ("--param", f"input-perturbation.{p}")]])
+    assert r.exit_code == 0, r.output
+    assert len(protected) == 3, protected  # the target, then its two aware shadows
+    point = json.loads((run / "compare.json").read_text())["defenses"]["input-perturbation"]
+    training = point["defense"]["training"]
+    assert training["name"] == "input-perturbation" and training["params"]["eps"] == 8
+    assert set(point["attacks"]["confidence"]) == {"aware"}
+    variant = next((run / "targets").glob("input-perturbation-*"))
+    assert json.loads((variant / "config.json").read_text())["training_defense"] == "input-perturbation"
+    (cache,) = (variant / "shadows").iterdir()
+    assert len(list(cache.glob("model-*.safetensors"))) == 2
+
+
 def test_a_stopped_comparison_keeps_its_finished_points_and_evaluates_only_the_rest(run, monkeypatch):
     from mia_fast.evaluation import compare
     from mia_fast.evaluation.threat import Options
