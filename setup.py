@@ -65,6 +65,11 @@ def _build_ext():
     return BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
 
 
+# httptools and uvloop: uvicorn's C parser and event loop, 1.6-2.1x the requests/s of its h11 and asyncio
+# fallbacks on 2 cores (bench/README.md, `mia-fast serve` under load).
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "httptools>=0.6", "uvloop>=0.19; sys_platform != 'win32'"]
+RAY = ["ray>=2.9"]
+
 setup(
     name="mia-fast",
     version=VERSION,
@@ -79,11 +84,6 @@ setup(
     # 2.6) or corrupt memory (GHSA-63cw-57p8-fm3p, fixed in 2.10).
     install_requires=["torch>=2.10", "numpy", "click>=8", "tqdm", "scikit-learn", "matplotlib", "safetensors>=0.4",
                       "opacus==1.6.0"],  # DP-SGD; 1.6.0 is tested with the torch 2.13.0 CPU build
-    # httptools and uvloop: uvicorn's C parser and event loop, measured 1.5-2x the requests/s of h11 and asyncio
-    extras_require={"serve": ["fastapi>=0.110", "uvicorn>=0.29", "httptools>=0.6",
-                              "uvloop>=0.19; sys_platform != 'win32'"],
-                    "ray": ["ray>=2.9"],
-                    "test": ["pytest", "pytest-benchmark", "fastapi>=0.110", "uvicorn>=0.29", "httptools>=0.6",
-                             "uvloop>=0.19; sys_platform != 'win32'", "httpx", "ray>=2.9"]},
+    extras_require={"serve": SERVE, "ray": RAY, "test": ["pytest", "pytest-benchmark", *SERVE, "httpx", *RAY]},
     entry_points={"console_scripts": ["mia-fast=mia_fast.cli:main"]},
 )
