@@ -325,7 +325,8 @@ def demo(run_dir, force, **kwargs):
               help="Train with this training defense (see: mia-fast defenses).")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A hyperparameter of the defense (repeat).")
 @_one_line_errors
-def train_target_cmd(run_dir, force, defense, params, **kwargs):
+@_engine_options
+def train_target_cmd(run_dir, force, defense, params, engine, **kwargs):
     """Split the data and train the target model (cross-entropy, Adam, or a training defense) into a run
     directory."""
     given = _defense_params(defense, params)
@@ -333,7 +334,7 @@ def train_target_cmd(run_dir, force, defense, params, **kwargs):
         create_defense(defense, **given)  # bad hyperparameters fail before the run directory is made
     cfg = dataclasses.replace(_config(kwargs), training_defense=defense, training_params=given)
     with _removed_on_failure(run_dir, force) as path:
-        stage_target(RunDir(path, create=True), cfg, log=click.echo, progress=sys.stderr.isatty())
+        stage_target(RunDir(path, create=True), cfg, log=click.echo, progress=sys.stderr.isatty(), engine=engine)
 
 
 @main.command("protect-data")
@@ -361,8 +362,9 @@ def train_target_cmd(run_dir, force, defense, params, **kwargs):
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="Directory to write the upload to.")
 @click.option("--force", is_flag=True, help="Overwrite an existing directory.")
 @_one_line_errors
+@_engine_options
 def protect_data_cmd(eps, generator, generator_params, alpha, rounds, candidates, simulators, simulator_epochs,
-                     strength, distance, fallback, label_reference, run_dir, force, **kwargs):
+                     strength, distance, fallback, label_reference, run_dir, force, engine, **kwargs):
     """Input perturbation (Bai et al. 2021, Algorithm 1): write the perturbed training set a data owner
     uploads instead of D_tar (protected_x.npy, protected_y.npy), a per-record report (records.csv), the
     leakage before and after (protection.json) and originals beside their copies (protected.png)."""
@@ -374,7 +376,7 @@ def protect_data_cmd(eps, generator, generator_params, alpha, rounds, candidates
                              fallback=fallback, label_reference=label_reference)
     cfg = _config(kwargs)
     with _removed_on_failure(run_dir, force) as path:
-        summary = stage_protect(path, cfg, defense, log=click.echo, progress=sys.stderr.isatty())
+        summary = stage_protect(path, cfg, defense, log=click.echo, progress=sys.stderr.isatty(), engine=engine)
     before, after = summary["before"], summary["after"]
     click.echo(f"uploaded {summary['records']} records: {summary['perturbed']} perturbed, {summary['fallbacks']} kept "
                f"their original (no candidate within eps {summary['eps']:g} kept the label); mean distance "
@@ -602,7 +604,8 @@ def attack(run_dir, name, defense, params, json_out, engine, **kwargs):
               help="bai-*: a hyperparameter of every input-perturbation setting (see: mia-fast defenses), e.g. "
               "generator_params=epochs=2 or simulators=3 (repeat).")
 @_one_line_errors
-def reproduce(experiment, run_dir, force, epochs, queries, params, **kwargs):
+@_engine_options
+def reproduce(experiment, run_dir, force, epochs, queries, params, engine, **kwargs):
     """Run a named experiment of the AEPPT paper and print it beside the paper's numbers (CIFAR-100,
     Purchase-100): table2, step-size (Tables 3-4), adversary (Fig. 7), mims (Tables 6-7), adaptive (Table 8),
     classes (Table 5, classes merged as label mod k), comparison (Fig. 9 with dropout and adversarial
@@ -620,7 +623,8 @@ def reproduce(experiment, run_dir, force, epochs, queries, params, **kwargs):
     path = (_fresh_run_dir(run_dir, force) if run_dir
             else _next_free(Path("runs") / f"{cfg.dataset}-seed{cfg.seed}-{experiment}"))
     lines, _ = run_experiment(experiment, cfg, path, options=Options(epochs=epochs, queries=queries),
-                              log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty(), params=given)
+                              log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty(), params=given,
+                              engine=engine)
     click.echo("\n".join(lines))
     click.echo(f"run directory: {path} (reproduce-{experiment}.json)")
 

@@ -194,8 +194,9 @@ def new_target(cfg: Config, name: str, kwargs: dict):
 
 
 def stage_target(run: RunDir, cfg: Config, *, splits: Optional[Splits] = None, log: Log = print,
-                 progress: bool = True) -> dict:
-    """Split the data (or take ``splits``) and train the target, with the run's training defense if any."""
+                 progress: bool = True, engine=None) -> dict:
+    """Split the data (or take ``splits``) and train the target, with the run's training defense if any
+    (its independent work units on ``engine``, `mia_fast.distributed`; default: this process)."""
     cfg = cfg.resolved()
     if cfg.data_dir is not None:  # later stages (evaluate) may run from another directory
         cfg = dataclasses.replace(cfg, data_dir=str(Path(cfg.data_dir).resolve()))
@@ -219,7 +220,8 @@ def stage_target(run: RunDir, cfg: Config, *, splits: Optional[Splits] = None, l
     x_out, y_out = ds.x[splits.nonmembers], ds.y[splits.nonmembers]
     started = time.perf_counter()
     history = train_model(model, x_in, y_in, defense=defense, reference=reference, epochs=cfg.target_epochs,
-                          lr=cfg.target_lr, seed=stream_seed(cfg.seed, "target"), device=cfg.device, progress=progress)
+                          lr=cfg.target_lr, seed=stream_seed(cfg.seed, "target"), device=cfg.device, progress=progress,
+                          engine=engine)
     seconds = time.perf_counter() - started
     for split, x, y in [("members", x_in, y_in), ("nonmembers", x_out, y_out)]:
         run.save_output(split, predict_proba(model, x, device=cfg.device).numpy())
@@ -239,13 +241,13 @@ def stage_target(run: RunDir, cfg: Config, *, splits: Optional[Splits] = None, l
     return meta
 
 
-def stage_protect(out_dir, cfg: Config, defense, *, log: Log = print, progress: bool = True) -> dict:
+def stage_protect(out_dir, cfg: Config, defense, *, log: Log = print, progress: bool = True, engine=None) -> dict:
     """`mia-fast protect-data`: split the data as `stage_target` does and write the upload that the input
     perturbation ``defense`` makes of D_tar (the records train-target with this defense trains on), into
     ``out_dir``: protected_x.npy, protected_y.npy, records.csv (per record: dataset index, selected,
     perturbed, distance, simulator loss, round), protected.png (originals above their uploaded copies)
     and protection.json (config, hyperparameters, leakage before and after, per-round history), each
-    written atomically, protection.json last."""
+    written atomically, protection.json last. The simulator's models train on ``engine`` (default: here)."""
     from .evaluation.report import protected_figure
 
     cfg = cfg.resolved()
@@ -258,7 +260,8 @@ def stage_protect(out_dir, cfg: Config, defense, *, log: Log = print, progress: 
     x, y = torch.from_numpy(ds.x[splits.members]), torch.from_numpy(ds.y[splits.members])
     started = time.perf_counter()
     protection = defense.protect(model, x, y, reference, epochs=cfg.target_epochs, lr=cfg.target_lr,
-                                 seed=stream_seed(cfg.seed, "target"), device=cfg.device, progress=progress, log=log)
+                                 seed=stream_seed(cfg.seed, "target"), device=cfg.device, progress=progress, log=log,
+                                 engine=engine)
     seconds = time.perf_counter() - started
     out.mkdir(parents=True, exist_ok=True)
     (out / "protection.json").unlink(missing_ok=True)  # until it is rewritten, the folder holds no result

@@ -10,6 +10,7 @@ from mia_fast import train_substitute
 from mia_fast.attacks import train_shadow_models
 from mia_fast.cli import main
 from mia_fast.defenses import AEPPT, create_defense
+from mia_fast.defenses.perturbation import Simulator
 from mia_fast.defenses.streaming import defend_file
 from mia_fast.distributed import LocalEngine, create_engine
 from mia_fast.errors import InputError
@@ -93,3 +94,29 @@ def test_ray_defend_equals_the_in_process_file(ray_engine, tmp_path):
         assert result.exit_code == 0, result.output
     assert np.array_equal(np.load(tmp_path / "cli.npy"), np.load(tmp_path / "cli-ray.npy"))
     assert np.array_equal(np.load(tmp_path / "cli.npy"), np.load(tmp_path / "local.npy"))
+
+
+def test_ray_simulator_models_equal_the_in_process_ones(ray_engine):
+    x, y = _pool()
+    fitted = []
+    for engine in (None, ray_engine):
+        simulator = Simulator(_make(), num_models=3, epochs=2, seed=6, engine=engine).fit(x, y)
+        first = [torch.cat([p.flatten() for p in m.parameters()]) for m in simulator.models]
+        simulator.fit(x.flip(0), y.flip(0))  # a warm refit continues each model where it is
+        assert all(not p.requires_grad for m in simulator.models for p in m.parameters())
+        fitted.append((first, simulator.evaluate(x, y)))
+    (first_local, eval_local), (first_ray, eval_ray) = fitted
+    assert all(torch.equal(a, b) for a, b in zip(first_local, first_ray))
+    assert all(torch.equal(a, b) for a, b in zip(eval_local, eval_ray))
+    assert not torch.equal(first_local[0], first_local[1])  # each model has its own stream
+
+
+def test_protect_data_on_ray_writes_the_in_process_upload(ray_engine, tmp_path):
+    args = ["protect-data", "--dataset", "digits", "--eps", "8", "--rounds", "1", "--simulators", "2",
+            "--target-epochs", "10", "--alpha", "0.5"]
+    for extra, out in (([], "local"), (["--ray"], "ray")):
+        result = CliRunner().invoke(main, [*args, *extra, "--run-dir", str(tmp_path / out)])
+        assert result.exit_code == 0, result.output
+    for name in ("protected_x.npy", "protected_y.npy"):
+        assert np.array_equal(np.load(tmp_path / "local" / name), np.load(tmp_path / "ray" / name))
+    assert (tmp_path / "local" / "records.csv").read_text() == (tmp_path / "ray" / "records.csv").read_text()

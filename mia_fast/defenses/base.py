@@ -193,7 +193,8 @@ class TrainingDefense(Defense):
     others leave it), and ``train(model, x, y, ...)`` trains ``model`` in place and returns its history
     (with ``epsilon`` for DP-SGD). ``uses`` says what else a defense needs: "reference", records from
     the same distribution that are not in the training set (adversarial regularization's non-members,
-    early stopping's held-out split). The pipeline trains one target per training defense, and the aware
+    early stopping's held-out split); "engine", where its independent work units run (`mia_fast.distributed`:
+    input perturbation's simulator models). The pipeline trains one target per training defense, and the aware
     attacker trains its shadow models with the same defense and hyperparameters."""
 
     kind = "training"
@@ -204,13 +205,15 @@ class TrainingDefense(Defense):
         return dict(kwargs)
 
     def train(self, model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr: float, seed: int,
-              device: str = "cpu", progress: bool = False, reference: Optional[tuple] = None) -> dict:
-        """Train ``model`` in place on (x, y); ``reference`` = (x_ref, y_ref) for defenses that use it."""
+              device: str = "cpu", progress: bool = False, reference: Optional[tuple] = None, engine=None) -> dict:
+        """Train ``model`` in place on (x, y); ``reference`` = (x_ref, y_ref) and ``engine`` (default: this
+        process) for defenses that use them."""
         if "reference" in self.uses and (reference is None or len(reference[1]) == 0):
             raise InputError(f"{self.name}: needs reference records outside the training set (the run leaves "
                              "none: use fewer --members / --nonmembers)")
+        extra = {"engine": engine} if "engine" in self.uses else {}
         return self._train(model, torch.as_tensor(x).float(), torch.as_tensor(y).long(), epochs=epochs, lr=lr,
-                           seed=seed, device=device, progress=progress, reference=reference)
+                           seed=seed, device=device, progress=progress, reference=reference, **extra)
 
     def _train(self, model, x, y, *, epochs, lr, seed, device, progress, reference) -> dict:
         raise NotImplementedError(f"{type(self).__name__} does not implement _train()")

@@ -104,8 +104,9 @@ def _curve(upload: torch.Tensor, data: _Data, cfg: Config, every: int) -> list:
 class _Protector:
     """Input-perturbation settings of one experiment sharing one simulator fitted on the originals."""
 
-    def __init__(self, data: _Data, cfg: Config, params: dict, log: Log, progress: bool):
+    def __init__(self, data: _Data, cfg: Config, params: dict, log: Log, progress: bool, engine=None):
         self.data, self.cfg, self.params, self.log, self.progress = data, cfg, params, log, progress
+        self.engine = engine
         self._base: Optional[Simulator] = None
 
     def defense(self, **overrides):
@@ -122,10 +123,13 @@ class _Protector:
         seed = stream_seed(cfg.seed, "target")
         if self._base is None:
             self._base = defense.simulator(_model(d, cfg), epochs=cfg.target_epochs, lr=cfg.target_lr, seed=seed,
-                                           device=cfg.device).fit(d.x_in, d.y_in, progress=self.progress)
+                                           device=cfg.device, engine=self.engine).fit(d.x_in, d.y_in,
+                                                                                      progress=self.progress)
+        simulator = copy.deepcopy(self._base)  # a copy leaves the engine behind (it is a handle on this process)
+        simulator.engine = self.engine
         protection = defense.protect(_model(d, cfg), d.x_in, d.y_in, d.reference, epochs=cfg.target_epochs,
                                      lr=cfg.target_lr, seed=seed, device=cfg.device, progress=self.progress,
-                                     log=self.log, simulator=copy.deepcopy(self._base), constrained=constrained)
+                                     log=self.log, simulator=simulator, constrained=constrained)
         return protection
 
 
@@ -160,10 +164,10 @@ def _curves_figure(series: dict, path: Path, title: str, with_accuracy: bool = F
 
 
 def run_bai(experiment: str, cfg: Config, root: Path, *, params: Optional[dict] = None, every: Optional[int] = None,
-            log: Log = print, progress: bool = False) -> tuple:
+            log: Log = print, progress: bool = False, engine=None) -> tuple:
     """Run one of `BAI_EXPERIMENTS`; returns (printable lines, numbers) and writes reproduce-EXPERIMENT.json
     and a figure under ``root``. ``params``: hyperparameters of every input-perturbation setting (AdvGAN
-    unless the experiment varies the generator)."""
+    unless the experiment varies the generator); the simulator's models train on ``engine`` (default: here)."""
     if experiment not in BAI_EXPERIMENTS:
         raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(BAI_EXPERIMENTS)}")
     cfg = cfg.resolved()
@@ -172,7 +176,7 @@ def run_bai(experiment: str, cfg: Config, root: Path, *, params: Optional[dict] 
     data = _data(cfg)
     dims = data.x_in[0].numel()
     every = every or max(1, cfg.target_epochs // 20)
-    protector = _Protector(data, cfg, {"generator": "advgan", **(params or {})}, log, progress)
+    protector = _Protector(data, cfg, {"generator": "advgan", **(params or {})}, log, progress, engine)
     eps100 = default_eps(dims)
     paper = _paper_rows(experiment, cfg.dataset)
     stand_in = f" ({PAPER_STAND_IN[cfg.dataset].upper()})" if cfg.dataset in PAPER_STAND_IN and paper else ""

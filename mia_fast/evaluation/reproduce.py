@@ -80,7 +80,7 @@ def _mim0_per_class(run_dir: Path) -> dict:
     return {key: m[f"per_class_{key}"] for key in ("accuracy", "precision", "recall")}
 
 
-def _table2(run: RunDir, results: dict, options: Options, log: Log) -> tuple:
+def _table2(run: RunDir, results: dict, options: Options, log: Log, engine=None) -> tuple:
     t, m = results["target"], results["mim0"]
     paper = _paper("table2", results["dataset"])
     rows = [("target train accuracy", t["train_accuracy"]["without"], t["train_accuracy"]["with"], "train"),
@@ -94,8 +94,8 @@ def _table2(run: RunDir, results: dict, options: Options, log: Log) -> tuple:
     return lines, {"target": t, "mim0": m}
 
 
-def _step_size(run: RunDir, results: dict, options: Options, log: Log) -> tuple:
-    threat = ThreatModel(run.path, options, log=log)
+def _step_size(run: RunDir, results: dict, options: Options, log: Log, engine=None) -> tuple:
+    threat = ThreatModel(run.path, options, log=log, engine=engine)
     rows = step_size_sweep(threat, Deployment(threat, "aeppt"), _run_mim0(run.path))
     lines = [f"{'eps':>10s}{'mean L1':>10s}{'MIM0 acc':>10s}{'aware conf. acc':>17s}"]
     lines += [f"{r['eps']:10.3g}{r['mean_l1']:10.4f}{_pct(r['mim0_accuracy']):>10s}"
@@ -106,9 +106,9 @@ def _step_size(run: RunDir, results: dict, options: Options, log: Log) -> tuple:
     return lines, {"step_size_sweep": rows}
 
 
-def _mims(run: RunDir, results: dict, options: Options, log: Log) -> tuple:
+def _mims(run: RunDir, results: dict, options: Options, log: Log, engine=None) -> tuple:
     ev = evaluate_run(run.path, attacks=["mim0", "mim1", "mim2", "mim3"], adaptive=False, sweep=False,
-                      options=options, log=log)
+                      options=options, log=log, engine=engine)
     paper = _paper("mims", results["dataset"]) or {}
     lines = [f"{'':6s}{'no defense: acc / prec / recall':>34s}{'AEPPT naive: acc / prec / recall':>36s}"
              f"{'AEPPT aware: acc':>18s}" + ("   paper acc without / with" if paper else "")]
@@ -124,8 +124,8 @@ def _mims(run: RunDir, results: dict, options: Options, log: Log) -> tuple:
     return lines, {"attacks": ev["attacks"]}
 
 
-def _adaptive(run: RunDir, results: dict, options: Options, log: Log) -> tuple:
-    threat = ThreatModel(run.path, options, log=log)
+def _adaptive(run: RunDir, results: dict, options: Options, log: Log, engine=None) -> tuple:
+    threat = ThreatModel(run.path, options, log=log, engine=engine)
     out = run_adaptive(threat, Deployment(threat, "aeppt"))
     paper = _paper("adaptive", results["dataset"]) or {}
     lines = [f"{'':22s}{'accuracy':>10s}{'AUC leak':>10s}" + ("   paper accuracy" if paper else "")]
@@ -147,11 +147,11 @@ def _comparison_points() -> list:
             Point(DefenseSpec("dp-sgd epsilon=50", training="dp-sgd"), {"dp-sgd": {"epsilon": 50.0}})]
 
 
-def _comparison(run: RunDir, results: dict, options: Options, log: Log) -> tuple:
+def _comparison(run: RunDir, results: dict, options: Options, log: Log, engine=None) -> tuple:
     from .compare import compare_run, rows
 
     cmp = compare_run(run.path, _comparison_points(), attacks=list(COMPARISON_ATTACKS), adaptive=False,
-                      options=options, log=log)
+                      options=options, log=log, engine=engine)
     by_name = {r["defense"]: r for r in rows(cmp)}
     paper = _paper("comparison", results["dataset"]) or {}
     lines = ["Fig. 9 shape: MIM0 naive = fitted on undefended outputs (the AEPPT adversary; for a training "
@@ -180,10 +180,11 @@ def _comparison(run: RunDir, results: dict, options: Options, log: Log) -> tuple
 
 
 def reproduce(experiment: str, cfg: Config, run_dir, *, options: Optional[Options] = None, log: Log = print,
-              progress: bool = False, params: Optional[dict] = None) -> tuple:
+              progress: bool = False, params: Optional[dict] = None, engine=None) -> tuple:
     """Run ``experiment`` (one of `EXPERIMENTS`) with ``cfg`` under ``run_dir``; returns (printable lines,
     JSON-able numbers) and writes reproduce-EXPERIMENT.json there. ``params``: hyperparameters of the
-    input-perturbation settings of the bai-* experiments (`mia_fast.evaluation.bai`)."""
+    input-perturbation settings of the bai-* experiments (`mia_fast.evaluation.bai`). Shadow and simulator
+    models train on ``engine`` (`mia_fast.distributed`; default: this process)."""
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)}")
     cfg, options = cfg.resolved(), options or Options()
@@ -191,7 +192,7 @@ def reproduce(experiment: str, cfg: Config, run_dir, *, options: Optional[Option
     if experiment.startswith("bai-"):
         from .bai import run_bai
 
-        return run_bai(experiment, cfg, root, params=params, log=log, progress=progress)
+        return run_bai(experiment, cfg, root, params=params, log=log, progress=progress, engine=engine)
     if experiment == "classes":
         total = load_dataset(cfg.dataset, cfg.data_dir).num_classes
         paper = _paper("classes", cfg.dataset) or {}
@@ -226,7 +227,7 @@ def reproduce(experiment: str, cfg: Config, run_dir, *, options: Optional[Option
         results = run_demo(cfg, root, log=log, progress=progress)
         step = {"table2": _table2, "step-size": _step_size, "mims": _mims, "adaptive": _adaptive,
                 "comparison": _comparison}[experiment]
-        lines, numbers = step(RunDir(root), results, options, log)
+        lines, numbers = step(RunDir(root), results, options, log, engine)
     header = f"{experiment} on {cfg.dataset} (eps {cfg.eps:g}, T {cfg.iters}, seed {cfg.seed})"
     RunDir(root, create=True).write_json(f"reproduce-{experiment}.json",
                                          {"experiment": experiment, "config": dataclasses.asdict(cfg), **numbers})

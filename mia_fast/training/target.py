@@ -82,13 +82,13 @@ def _train_target(model, x, y, *, epochs, lr, batch_size, seed, device, progress
 
 
 def train_model(model: nn.Module, x, y, *, defense=None, reference: Optional[tuple] = None, epochs: int, lr: float,
-                seed: int, device: str | torch.device = "cpu", progress: bool = False) -> dict:
+                seed: int, device: str | torch.device = "cpu", progress: bool = False, engine=None) -> dict:
     """Train ``model`` as a target is trained: `train_target`, or ``defense.train`` (a `TrainingDefense`,
-    given ``reference`` records outside the training set when it uses them)."""
+    given ``reference`` records outside the training set and ``engine`` when it uses them)."""
     if defense is None:
         return train_target(model, x, y, epochs=epochs, lr=lr, seed=seed, device=device, progress=progress)
     return defense.train(model, x, y, epochs=epochs, lr=lr, seed=seed, device=device, progress=progress,
-                         reference=reference if "reference" in defense.uses else None)
+                         reference=reference if "reference" in defense.uses else None, engine=engine)
 
 
 @torch.no_grad()

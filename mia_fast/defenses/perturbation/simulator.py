@@ -17,6 +17,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
+from ...distributed import LocalEngine
 from ...metrics import attack_metrics
 from ...seeding import stream, stream_seed
 from ...training.target import train_target
@@ -45,18 +46,21 @@ class Simulator:
     """``num_models`` copies of ``model``'s architecture trained on the upload (`train_target`: the
     target's loop, epochs and learning rate). ``refit="warm"`` (default) continues the models on a new
     upload for ``refit_epochs`` epochs, ``"scratch"`` trains new ones for ``epochs``: the paper retrains
-    its simulator but does not say how; warm refits cost a fraction and follow the upload as closely."""
+    its simulator but does not say how; warm refits cost a fraction and follow the upload as closely.
+    The models train as independent units of ``engine`` (`mia_fast.distributed`; default: this process;
+    a `RayEngine` trains them as Ray tasks with the same result), model i's randomness the stream
+    (seed, "simulator-model", 1000 * fit + i)."""
 
     def __init__(self, model: nn.Module, *, num_models: int = 5, epochs: int = 10, lr: float = 1e-3,
                  refit: str = "warm", refit_epochs: Optional[int] = None, seed: int = 0, device="cpu",
-                 batch_size: int = 1024):
+                 batch_size: int = 1024, engine=None):
         if num_models < 1 or epochs < 1:
             raise ValueError(f"simulator: need num_models >= 1 and epochs >= 1, got {num_models}, {epochs}")
         if refit not in REFITS:
             raise ValueError(f"simulator: refit must be one of {', '.join(REFITS)}, got {refit!r}")
         self.template, self.num_models, self.epochs, self.lr = model, num_models, epochs, lr
         self.refit, self.refit_epochs = refit, refit_epochs or max(1, epochs // 4)
-        self.seed, self.device, self.batch_size = seed, torch.device(device), batch_size
+        self.seed, self.device, self.batch_size, self.engine = seed, torch.device(device), batch_size, engine
         self.models: List[nn.Module] = []
         self.fits = 0
 
@@ -66,16 +70,16 @@ class Simulator:
         if new:
             self.models = [fresh_copy(self.template, stream_seed(self.seed, "simulator-model", i))
                            for i in range(self.num_models)]
-        for i, model in enumerate(self.models):
-            for p in model.parameters():
-                p.requires_grad_(True)
-            train_target(model, x, y, epochs=self.epochs if new else self.refit_epochs, lr=self.lr,
-                         seed=stream_seed(self.seed, "simulator-model", 1000 * self.fits + i), device=self.device,
-                         progress=progress, desc=f"simulator {i + 1}/{self.num_models}")
-            for p in model.parameters():  # generators differentiate through the models, never into them
-                p.requires_grad_(False)
+        job = _FitJob([m.cpu() for m in self.models], torch.as_tensor(x).cpu(), torch.as_tensor(y).cpu(),
+                      self.epochs if new else self.refit_epochs, self.lr, self.seed, self.fits, str(self.device))
+        self.models = [m.to(self.device) for m in (self.engine or LocalEngine()).map(
+            _fit_model, range(self.num_models), shared=job, desc="simulator models", total=self.num_models,
+            progress=progress)]
         self.fits += 1
         return self
+
+    def __getstate__(self):  # a copy (deepcopy, a Ray task) leaves the engine, a handle on this process, behind
+        return {**self.__dict__, "engine": None}
 
     def log_probs(self, x: Tensor) -> Tensor:
         """Differentiable log-softmax of every model on x (on the simulator's device): [M, N, C]."""
@@ -105,6 +109,31 @@ class Simulator:
             (grad,) = torch.autograd.grad(loss, xb)
             grads.append(grad.cpu())
         return torch.cat(grads) if grads else torch.zeros_like(x)
+
+
+@dataclass
+class _FitJob:
+    models: List[nn.Module]
+    x: Tensor
+    y: Tensor
+    epochs: int
+    lr: float
+    seed: int
+    fit: int
+    device: str
+
+
+def _fit_model(i: int, job: _FitJob) -> nn.Module:
+    """Simulator model i trained on the job's upload, returned on the CPU with its parameters frozen
+    (generators differentiate through the models, never into them)."""
+    model = job.models[i]
+    for p in model.parameters():
+        p.requires_grad_(True)
+    train_target(model, job.x, job.y, epochs=job.epochs, lr=job.lr, device=job.device, progress=False,
+                 seed=stream_seed(job.seed, "simulator-model", 1000 * job.fit + i))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.cpu()
 
 
 class MembershipClassifier(nn.Module):

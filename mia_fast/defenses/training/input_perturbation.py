@@ -30,7 +30,7 @@ class InputPerturbation(TrainingDefense):
 
     name = "input-perturbation"
     description = "upload perturbed training data chosen against a simulator (Bai et al. 2021)"
-    uses = frozenset({"reference"})
+    uses = frozenset({"reference", "engine"})
 
     def __init__(self, *, generator: str = "fgsm", generator_params: str = "", eps: Optional[float] = None,
                  alpha: float = 1.0, rounds: int = 3, candidates: int = 8, simulators: int = 5,
@@ -54,17 +54,18 @@ class InputPerturbation(TrainingDefense):
     def make_generator(self):
         return create_generator(self.generator, **parse_generator_params(self.generator, self.generator_params))
 
-    def simulator(self, model, *, epochs: int, lr: float, seed: int, device="cpu") -> Simulator:
-        """A new simulator of ``model``'s architecture, trained like the target (``epochs``, ``lr``)."""
+    def simulator(self, model, *, epochs: int, lr: float, seed: int, device="cpu", engine=None) -> Simulator:
+        """A new simulator of ``model``'s architecture, trained like the target (``epochs``, ``lr``), its
+        models units of ``engine`` (default: this process)."""
         return Simulator(model, num_models=self.simulators, epochs=self.simulator_epochs or epochs, lr=lr, seed=seed,
-                         device=device)
+                         device=device, engine=engine)
 
     def protect(self, model, x, y, reference, *, epochs: int, lr: float, seed: int, device="cpu", progress=False,
-                log=None, simulator: Optional[Simulator] = None, constrained: bool = True):
+                log=None, simulator: Optional[Simulator] = None, constrained: bool = True, engine=None):
         """`protect_data` on (x, y) with ``reference`` as X_infer and a simulator of ``model``'s
-        architecture (or ``simulator``, already fitted on the originals)."""
+        architecture trained on ``engine`` (or ``simulator``, already fitted on the originals)."""
         eps = self.eps if self.eps is not None else default_eps(x[0].numel())
-        simulator = simulator or self.simulator(model, epochs=epochs, lr=lr, seed=seed, device=device)
+        simulator = simulator or self.simulator(model, epochs=epochs, lr=lr, seed=seed, device=device, engine=engine)
         return protect_data(x, y, *reference, generator=self.make_generator(), simulator=simulator,
                             evaluator=LeakageEvaluator(seed=seed), feedback=Feedback(tau=self.tau, gap_max=self.gap_max),
                             eps=eps, alpha=self.alpha, rounds=self.rounds, candidates=self.candidates,
@@ -72,9 +73,9 @@ class InputPerturbation(TrainingDefense):
                             label_reference=self.label_reference, constrained=constrained, seed=seed, log=log,
                             progress=progress)
 
-    def _train(self, model, x, y, *, epochs, lr, seed, device, progress, reference) -> dict:
+    def _train(self, model, x, y, *, epochs, lr, seed, device, progress, reference, engine=None) -> dict:
         protection = self.protect(model, x, y, reference, epochs=epochs, lr=lr, seed=seed, device=device,
-                                  progress=progress)
+                                  progress=progress, engine=engine)
         self.last_protection = protection
         history = train_target(model, protection.x, y, epochs=epochs, lr=lr, seed=seed, device=device,
                                progress=progress, desc="target (input perturbation)")
