@@ -429,7 +429,8 @@ def serve(run_dir, defense, params, host, port, max_batch, max_wait_ms, max_queu
 @_one_line_errors
 def export_cmd(run_dir, defense, params, out):
     """Export the run's target + softmax + output defense as one graph (torch.export) compiled into an
-    AOTInductor package; load it with torch._inductor.aoti_load_package(OUT)."""
+    AOTInductor package; load it with torch._inductor.aoti_load_package(OUT). A randomized defense (aeppt,
+    hamp-output) takes its draws as a second input: uniforms [B, n] in [0, 1), fresh per answer."""
     from .serving import Service
     from .serving.export import check_exportable, export_defended
 
@@ -438,8 +439,11 @@ def export_cmd(run_dir, defense, params, out):
     service = Service.from_run(run_dir, defense, _defense_params(defense, params),
                                log=lambda m: click.echo(m, err=True))
     example = torch.zeros(2, *service.feature_shape)
-    click.echo(f"exported {defense or 'the undefended target'} -> "
-               f"{export_defended(service.target, service.defense, example, out)}")
+    path = export_defended(service.target, service.defense, example, out)
+    inputs = f"features [B, {', '.join(map(str, service.feature_shape))}]"
+    if service.defense is not None and service.defense.randomized:
+        inputs += f", uniforms [B, {service.defense.uniforms_per_answer}] in [0, 1)"
+    click.echo(f"exported {defense or 'the undefended target'} -> {path} (inputs: {inputs})")
 
 
 @main.command("train-attack")

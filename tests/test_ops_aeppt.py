@@ -5,7 +5,7 @@ import torch
 
 from mia_fast import ops
 from mia_fast.models import SubstituteMIM
-from mia_fast.ops.reference import aeppt_loop, aeppt_reference, folded_logit
+from mia_fast.ops.reference import aeppt_closed_form, aeppt_loop, aeppt_reference, folded_logit
 from mia_fast.testing import aeppt_case, devices, path_ties, random_probs
 
 OPTION_SETS = [(False, False, False), (True, False, False), (False, True, False), (False, False, True),
@@ -131,6 +131,23 @@ def test_folded_reference_is_algorithm_1_on_the_unfolded_model():
     fused = ops.aeppt(probs, *mim.fold().weights(), steps)
     assert _fraction_close(literal[0], fused[0]) >= 0.995
     torch.testing.assert_close(literal[1], fused[1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("options", OPTION_SETS)
+def test_the_closed_form_gradient_is_autograds(options):
+    """The aten-only loop that exported graphs unroll takes the same path as autograd, bit for bit, on a
+    random substitute and on one trained on membership records."""
+    from mia_fast import train_substitute
+    from mia_fast.testing import membership_records
+
+    m, ml, n, nl = membership_records(300, 4, classes=10)
+    trained, _ = train_substitute(m, ml, n, nl, epochs=5, seed=0, progress=False)
+    for probs, weights, steps in [aeppt_case(10, 300, 40, seed=9, eps=1e-2),
+                                  (torch.cat([m, n]), trained.fold().weights(), torch.rand(40, 600) * 1e-2)]:
+        expected = aeppt_reference(probs, *weights, steps, *options)
+        got = aeppt_closed_form(probs, *weights, steps, *options)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected))
+        assert not torch.equal(got[0], probs)
 
 
 def test_steps_push_the_substitute_across_its_decision():

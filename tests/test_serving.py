@@ -185,11 +185,55 @@ def test_the_defended_model_exports_as_one_aotinductor_package(target, tmp_path)
     got, expected = runner(x), rank_template(predict_proba(target, x))  # any batch size, the library's answer
     assert got.shape == (33, 5) and torch.equal(got, expected)  # the template's values, in the target's ranks
     assert [p.name for p in tmp_path.iterdir()] == ["served.pt2"]  # nothing half-written beside it
+    memguard = create_defense("memguard")
+    with pytest.raises(Exception, match="export: memguard does not export as one graph yet .it is randomized"):
+        export_defended(target, memguard, x[:2], tmp_path / "memguard.pt2")
+    assert not (tmp_path / "memguard.pt2").exists()
+
+
+def fitted_hamp_output(keyed=False):
+    defense = create_defense("hamp-output", bank_size=7, keyed=keyed)
+    defense.load_state_dict({"bank": random_probs(7, 5, torch.Generator().manual_seed(8)).sort(1, descending=True).values})
+    if keyed:
+        defense.query_key = bytes(range(32))
+    return defense
+
+
+def test_a_randomized_defense_given_its_uniforms_answers_as_with_its_own_draws():
+    probs = random_probs(50, 5, torch.Generator().manual_seed(4))
     torch.manual_seed(3)
-    aeppt = AEPPT.from_substitute(SubstituteMIM(5), eps=1e-2, iters=5)
-    with pytest.raises(Exception, match="export: aeppt does not export as one graph yet .it is randomized"):
-        export_defended(target, aeppt, x[:2], tmp_path / "aeppt.pt2")
-    assert not (tmp_path / "aeppt.pt2").exists()
+    aeppt = AEPPT.from_substitute(SubstituteMIM(5), eps=1e-2, iters=6)
+    uniforms = torch.rand(6, 50, generator=stream(1, "defend")).T  # what defend draws from the same stream
+    drawn = aeppt.defend_drawn(probs, uniforms)
+    assert torch.equal(drawn, aeppt.defend(probs, generator=stream(1, "defend")).defended)
+    assert not torch.equal(drawn, probs)
+    hamp = fitted_hamp_output(keyed=True)  # keyed: the uniforms come from the query's hash
+    assert torch.equal(hamp.defend_drawn(probs, hamp.keyed_uniform(probs, 1).T), hamp.defend(probs).defended)
+    ends = hamp.defend_drawn(probs[:2], torch.tensor([[0.0], [0.999]]))  # u -> bank row floor(u * 7)
+    assert torch.equal(ends.sort(1, descending=True).values, hamp.bank[[0, 6]])
+    assert torch.equal(ends.argsort(1), probs[:2].argsort(1))
+    with pytest.raises(ValueError, match=r"uniforms must be \[B=50, 6\]"):
+        aeppt.defend_drawn(probs, uniforms[:, :5])
+    assert create_defense("memguard").uniforms_per_answer is None
+
+
+@pytest.mark.parametrize("name", ["aeppt", "hamp-output"])
+def test_a_randomized_defense_traces_with_its_uniforms_as_the_second_input(target, name, tmp_path):
+    from mia_fast.serving.export import DefendedModel, export_defended
+
+    torch.manual_seed(3)
+    defense = AEPPT.from_substitute(SubstituteMIM(5), eps=1e-2, iters=4) if name == "aeppt" else fitted_hamp_output()
+    x = torch.rand(40, 12, generator=torch.Generator().manual_seed(6))
+    uniforms = torch.rand(40, defense.uniforms_per_answer, generator=torch.Generator().manual_seed(7))
+    batch = torch.export.Dim("batch", min=2, max=1024)
+    program = torch.export.export(DefendedModel(target, defense), (x[:2], uniforms[:2]),
+                                  dynamic_shapes={"x": {0: batch}, "uniforms": {0: batch}})
+    assert all(not str(node.target).startswith("mia_fast") for node in program.graph.nodes)
+    expected = defense.defend_drawn(predict_proba(target, x), uniforms)
+    torch.testing.assert_close(program.module()(x, uniforms), expected, atol=1e-6, rtol=0)
+    if name == "aeppt":  # one compiled package of the unrolled loop (its compile time grows with iters)
+        runner = torch._inductor.aoti_load_package(str(export_defended(target, defense, x[:2], tmp_path / "a.pt2")))
+        torch.testing.assert_close(runner(x, uniforms), expected, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["rounding", "topk", "label-only", "rank-template[per_class]"])

@@ -156,6 +156,33 @@ class OutputDefense(Defense):
     def _defend(self, probs: Tensor, generator: Optional[torch.Generator]):
         raise NotImplementedError
 
+    @property
+    def uniforms_per_answer(self) -> Optional[int]:
+        """How many U(0, 1) draws one answer of this randomized defense takes when they are given
+        (`defend_drawn`); None: its randomness cannot be given."""
+        return None
+
+    def defend_drawn(self, probs: Tensor, uniforms: Tensor) -> Tensor:
+        """The defended vectors [B, C] with the randomness given: ``uniforms`` [B, `uniforms_per_answer`]
+        in [0, 1), row i for answer i, mapped as a ``keyed`` defense maps its hash. Fresh uniforms per
+        answer are the defense as published; uniforms from a keyed hash of the query answer a repeated
+        query alike. This is what an exported graph computes (its second input); it checks its inputs
+        only in eager mode."""
+        count = self.uniforms_per_answer
+        if count is None:
+            raise InputError(f"{self.name}: its randomness cannot be given as uniforms")
+        if not self.fitted:
+            raise RuntimeError(f"{self!r} is not fitted: call fit() first")
+        if not torch.compiler.is_exporting():
+            check_probabilities(probs, name="probs")
+            if uniforms.shape != (probs.shape[0], count) or not bool(((uniforms >= 0) & (uniforms <= 1)).all()):
+                raise ValueError(f"{self.name}: uniforms must be [B={probs.shape[0]}, {count}] in [0, 1], got "
+                                 f"{tuple(uniforms.shape)}")
+        return self._defend_drawn(probs.detach().to(torch.float32), uniforms.to(probs.device, torch.float32))
+
+    def _defend_drawn(self, probs: Tensor, uniforms: Tensor) -> Tensor:
+        raise NotImplementedError
+
     def state_dict(self) -> dict:
         """What ``fit`` learned, as tensors and plain values (saved with weights_only checkpoints)."""
         return {}

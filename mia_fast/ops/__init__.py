@@ -89,19 +89,21 @@ def aeppt(probs: Tensor, w_pred: Tensor, b_pred: Tensor, w_hidden: Tensor, class
     (`aeppt_with_events`) or the dense one. ``precision="3xtf32"`` (CUDA only, dense only) runs the
     substitute MIM's products on the tensor cores, each operand split into two TF32 parts (three MMAs
     per product): about fp32 accuracy, sums in the hardware's order, so outputs differ from fp32 in the
-    last bits. Experimental: see bench/README.md for whether it has been measured on a GPU.
+    last bits. Experimental: see bench/README.md for whether it has been measured on a GPU. Under
+    `torch.export` it is `reference.aeppt_closed_form` (aten ops, the T iterations unrolled).
     """
     check_precision(precision)
+    args = (probs, w_pred, b_pred, w_hidden, class_table, w_out, b_out, steps,
+            preserve_label, stop_when_flipped, renormalize)
+    if torch.compiler.is_exporting():  # aten ops only, so an exported graph loads without mia-fast
+        return reference.aeppt_closed_form(*args)
     if precision != "fp32" and probs.device.type != "cuda":
         raise ValueError(f"precision={precision!r} runs on CUDA tensor cores, but probs is on {probs.device}")
     if algorithm is None:
         algorithm = default_algorithm(probs.device) if precision == "fp32" else "dense"
     check_algorithm(algorithm, precision)
     if algorithm == "events":
-        return aeppt_with_events(probs, w_pred, b_pred, w_hidden, class_table, w_out, b_out, steps, preserve_label,
-                                 stop_when_flipped, renormalize)[:3]
-    args = (probs, w_pred, b_pred, w_hidden, class_table, w_out, b_out, steps,
-            preserve_label, stop_when_flipped, renormalize)
+        return aeppt_with_events(*args)[:3]
     if _use_extension(probs.device):
         return torch.ops.mia_fast.aeppt.default(*args, precision)
     if precision != "fp32":

@@ -23,10 +23,26 @@ def folded_logit(probs: Tensor, labels: Tensor, w_pred: Tensor, b_pred: Tensor, 
     return h2 @ w_out + b_out
 
 
+def folded_loss_gradient(probs: Tensor, labels: Tensor, target: Tensor, w_pred: Tensor, b_pred: Tensor,
+                         w_hidden: Tensor, class_table: Tensor, w_out: Tensor, b_out: Tensor) -> Tuple[Tensor, Tensor]:
+    """(z, grad_p BCE(z, target)) of the folded substitute MIM in closed form: autograd's backward pass
+    written out, product by product in its order, so a graph without autograd (`torch.export`) computes
+    the same gradient."""
+    h1 = torch.relu(probs @ w_pred.T + b_pred)
+    h2 = torch.relu(h1 @ w_hidden.T + class_table[labels])
+    z = h2 @ w_out + b_out
+    grad_z = torch.sigmoid(z) - target
+    grad_h2 = torch.where(h2 > 0, grad_z[:, None] * w_out[None, :], 0.0)
+    grad_h1 = torch.where(h1 > 0, grad_h2 @ w_hidden, 0.0)
+    return z, grad_h1 @ w_pred
+
+
 def aeppt_loop(probs: Tensor, logit_fn: Callable[[Tensor, Tensor], Tensor], steps: Tensor, *,
                preserve_label: bool = False, stop_when_flipped: bool = False,
                renormalize: bool = False,
-               on_step: Optional[Callable[[int, Tensor], None]] = None) -> Tuple[Tensor, Tensor, Tensor]:
+               on_step: Optional[Callable[[int, Tensor], None]] = None,
+               loss_gradient: Optional[Callable[[Tensor, Tensor, Tensor], Tuple[Tensor, Tensor]]] = None
+               ) -> Tuple[Tensor, Tensor, Tensor]:
     """Algorithm 1 of AEPPT with autograd, as a user would write it.
 
     y^ = one-hot(argmax f(x)); Y = 1[I'(f(x), y^) >= 0.5]; for t < T:
@@ -37,7 +53,8 @@ def aeppt_loop(probs: Tensor, logit_fn: Callable[[Tensor, Tensor], Tensor], step
     ``preserve_label`` rejects a sample's step when it would change its argmax; ``stop_when_flipped``
     freezes a sample from the first iteration at which 1[I' >= 0.5] != Y; ``renormalize`` divides the
     final vector by its sum (uniform if the sum is 0). ``on_step(t, f_adv)``, if given, sees the state
-    before iteration t and once more (t = T) at the end, before renormalizing.
+    before iteration t and once more (t = T) at the end, before renormalizing. ``loss_gradient(p, labels,
+    Y)``, if given, returns (z, grad_p BCE) in closed form instead of autograd.
     Returns (f_adv, I'(f(x)), I'(f_adv)).
     """
     labels = probs.argmax(1)
@@ -49,12 +66,14 @@ def aeppt_loop(probs: Tensor, logit_fn: Callable[[Tensor, Tensor], Tensor], step
     for t in range(steps.shape[0]):
         if on_step is not None:
             on_step(t, adv)
-        x = adv.detach().requires_grad_(True)
-        z = logit_fn(x, labels)
+        if loss_gradient is not None:
+            z, grad = loss_gradient(adv, labels, target)
+        else:
+            x = adv.detach().requires_grad_(True)
+            z = logit_fn(x, labels)
+            (grad,) = torch.autograd.grad(F.binary_cross_entropy_with_logits(z, target, reduction="sum"), x)
         if stop_when_flipped:
             active = active & ((torch.sigmoid(z.detach()) >= 0.5) == target.bool())
-        loss = F.binary_cross_entropy_with_logits(z, target, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x)
         step = steps[t][:, None] * grad.sign()
         if stop_when_flipped:
             step = torch.where(active[:, None], step, torch.zeros_like(step))
@@ -83,6 +102,21 @@ def aeppt_reference(probs: Tensor, w_pred: Tensor, b_pred: Tensor, w_hidden: Ten
 
     return aeppt_loop(probs, logit, steps, preserve_label=preserve_label,
                       stop_when_flipped=stop_when_flipped, renormalize=renormalize)
+
+
+def aeppt_closed_form(probs: Tensor, w_pred: Tensor, b_pred: Tensor, w_hidden: Tensor, class_table: Tensor,
+                      w_out: Tensor, b_out: Tensor, steps: Tensor, preserve_label: bool = False,
+                      stop_when_flipped: bool = False, renormalize: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+    """`aeppt_reference` with the gradient in closed form (`folded_loss_gradient`): aten ops only, no
+    autograd, so it traces into an exported graph (the T iterations unrolled)."""
+    weights = (w_pred, b_pred, w_hidden, class_table, w_out, b_out)
+
+    def logit(p: Tensor, labels: Tensor) -> Tensor:
+        return folded_logit(p, labels, *weights)
+
+    return aeppt_loop(probs, logit, steps, preserve_label=preserve_label, stop_when_flipped=stop_when_flipped,
+                      renormalize=renormalize,
+                      loss_gradient=lambda p, labels, target: folded_loss_gradient(p, labels, target, *weights))
 
 
 def aeppt_event_counts(probs: Tensor, w_pred: Tensor, b_pred: Tensor, w_hidden: Tensor, class_table: Tensor,

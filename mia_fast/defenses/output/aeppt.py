@@ -274,3 +274,13 @@ class AEPPT(OutputDefense):
                     precision=self.precision, algorithm=self.algorithm,
                     query_key=self.query_key if self.keyed else None)
         return res.adversarial, {"decision_flipped": res.decision_flipped}
+
+    @property
+    def uniforms_per_answer(self) -> int:
+        return self.iters  # step t of answer i: eps * uniforms[i, t]
+
+    def _defend_drawn(self, probs, uniforms):
+        adv, _, _ = ops.aeppt(probs.contiguous(), *_folded(self.substitute, probs.device).weights(),
+                              (uniforms * self.eps).T.contiguous(), self.preserve_label, self.stop_when_flipped,
+                              self.renormalize, precision=self.precision, algorithm=self.algorithm)
+        return adv

@@ -76,7 +76,17 @@ class HAMPOutput(OutputDefense):
         if self.bank.shape[1] != probs.shape[1]:
             raise ValueError(f"hamp-output: fitted on {self.bank.shape[1]} classes, got {probs.shape[1]}")
         if self.keyed:
-            pick = (self.keyed_uniform(probs, 1)[0].cpu() * len(self.bank)).long().clamp_max(len(self.bank) - 1)
-        else:
-            pick = torch.randint(len(self.bank), (probs.shape[0],), generator=generator)
+            return self._defend_drawn(probs, self.keyed_uniform(probs, 1).T.to(probs.device))
+        pick = torch.randint(len(self.bank), (probs.shape[0],), generator=generator)
         return ops.place_in_rank_order(probs.contiguous(), self.bank[pick].to(probs.device).contiguous())
+
+    @property
+    def uniforms_per_answer(self) -> int:
+        return 1  # the bank row of answer i: floor(uniforms[i, 0] * bank size)
+
+    def _defend_drawn(self, probs, uniforms):
+        if self.bank.shape[1] != probs.shape[1]:
+            raise ValueError(f"hamp-output: fitted on {self.bank.shape[1]} classes, got {probs.shape[1]}")
+        bank = self.bank.to(probs.device)
+        pick = (uniforms[:, 0] * len(bank)).long().clamp_max(len(bank) - 1)
+        return ops.place_in_rank_order(probs.contiguous(), bank[pick].contiguous())
