@@ -73,20 +73,19 @@ class HAMPOutput(OutputDefense):
         self._fitted = True
 
     def _defend(self, probs, generator):
-        if self.bank.shape[1] != probs.shape[1]:
-            raise ValueError(f"hamp-output: fitted on {self.bank.shape[1]} classes, got {probs.shape[1]}")
         if self.keyed:
             return self._defend_drawn(probs, self.keyed_uniform(probs, 1).T.to(probs.device))
-        pick = torch.randint(len(self.bank), (probs.shape[0],), generator=generator)
-        return ops.place_in_rank_order(probs.contiguous(), self.bank[pick].to(probs.device).contiguous())
+        return self._with_bank_rows(probs, torch.randint(len(self.bank), (probs.shape[0],), generator=generator))
 
     @property
     def uniforms_per_answer(self) -> int:
         return 1  # the bank row of answer i: floor(uniforms[i, 0] * bank size)
 
     def _defend_drawn(self, probs, uniforms):
+        return self._with_bank_rows(probs, (uniforms[:, 0] * len(self.bank)).long().clamp_max(len(self.bank) - 1))
+
+    def _with_bank_rows(self, probs, rows):
         if self.bank.shape[1] != probs.shape[1]:
             raise ValueError(f"hamp-output: fitted on {self.bank.shape[1]} classes, got {probs.shape[1]}")
         bank = self.bank.to(probs.device)
-        pick = (uniforms[:, 0] * len(bank)).long().clamp_max(len(bank) - 1)
-        return ops.place_in_rank_order(probs.contiguous(), bank[pick].contiguous())
+        return ops.place_in_rank_order(probs.contiguous(), bank[rows.to(probs.device)].contiguous())
