@@ -430,7 +430,7 @@ def serve(run_dir, defense, params, host, port, max_batch, max_wait_ms, max_queu
 def export_cmd(run_dir, defense, params, out):
     """Export the run's target + softmax + output defense as one graph (torch.export) compiled into an
     AOTInductor package; load it with torch._inductor.aoti_load_package(OUT). A randomized defense (aeppt,
-    hamp-output) takes its draws as a second input: uniforms [B, n] in [0, 1), fresh per answer."""
+    hamp-output, memguard) takes its draws as a second input: uniforms [B, n] in [0, 1), fresh per answer."""
     from .serving import Service
     from .serving.export import check_exportable, export_defended
 

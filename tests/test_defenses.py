@@ -11,7 +11,7 @@ from mia_fast.checkpoint import load_payload
 from mia_fast.defenses import (AEPPT, DEFENSES, HAMPOutput, MemGuard, create_defense, defense_names, load_defense,
                                parse_param)
 from mia_fast.defenses.output.hamp_output import random_inputs
-from mia_fast.defenses.output.memguard import memguard_noise
+from mia_fast.defenses.output.memguard import _loss_gradient, memguard_noise, memguard_noise_graph, phase_one_loss
 from mia_fast.errors import CheckpointError, InputError
 from mia_fast.testing import devices, membership_records, random_probs
 
@@ -170,6 +170,25 @@ def test_memguard_batched_equals_a_per_sample_loop(defender_data):
     # cross 0.5 one step earlier or later)
     diff = (torch.cat([a for a, _ in answers]) - batched).abs()
     assert float((diff <= 1e-5).float().mean()) >= 0.98 and float(diff.max()) <= 0.05
+
+
+def test_memguard_graph_form_equals_its_autograd_definition(defender_data):
+    """The search `torch.export` traces (closed-form gradient, every row under masks) is the autograd one."""
+    defense = _fitted("memguard", defender_data)
+    probs = torch.cat([defender_data[0][0][:100], defender_data[0][2][:100]])
+    z, label = torch.log(probs.clamp_min(1e-12)), probs.argmax(1)
+    others = torch.ones_like(probs, dtype=torch.bool).scatter(1, label[:, None], False)
+    for scale in (0.0, 0.5):  # at e = 0 the distortion term gives no gradient (rounding noise only)
+        e = (scale * torch.randn(probs.shape, generator=torch.Generator().manual_seed(3))).requires_grad_(True)
+        autograd, = torch.autograd.grad(
+            phase_one_loss(z, e, probs, label, others, defense.classifier, 10.0, 0.1)[2].sum(), e)
+        closed = _loss_gradient(z, e.detach(), probs, label, others, defense.classifier, 10.0, torch.tensor(0.1))[2]
+        torch.testing.assert_close(closed, autograd, atol=1e-5, rtol=1e-5)
+    args = dict(iters=defense.iters, step=defense.step, c2=defense.c2, c3_init=defense.c3_init, rounds=defense.rounds)
+    noisy, found = memguard_noise(probs, defense.classifier, **args)
+    graph_noisy, graph_found = memguard_noise_graph(probs, defense.classifier, **args)
+    assert torch.equal(graph_found, found) and float(found.float().mean()) > 0.8
+    assert float(((graph_noisy - noisy).abs() <= 1e-5).all(1).float().mean()) >= 0.99
 
 
 def test_hamp_output_places_a_random_output_in_the_original_rank_order(defender_data):

@@ -163,9 +163,9 @@ def test_serve_a_run_from_the_command_line_path(tmp_path):
     r = CliRunner().invoke(main, ["serve", "--run", str(run.path), "--param", "decimals=1"])
     assert r.exit_code == 1 and "--param needs --defense" in r.output
     before = sorted(p.name for p in run.path.rglob("*"))
-    r = CliRunner().invoke(main, ["export", "--run", str(run.path), "--defense", "memguard", "-o", str(tmp_path / "m.pt2")])
-    assert r.exit_code == 1 and r.output.count("\n") == 1 and "memguard does not export" in r.output
-    assert sorted(p.name for p in run.path.rglob("*")) == before and not (tmp_path / "m.pt2").exists()  # refused unfitted
+    r = CliRunner().invoke(main, ["export", "--run", str(run.path), "-o", str(tmp_path / "m.onnx")])
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and "AOTInductor packages are .pt2 files" in r.output
+    assert sorted(p.name for p in run.path.rglob("*")) == before and not (tmp_path / "m.onnx").exists()
 
 
 def fitted_rank_template(per_class=False):
@@ -185,10 +185,20 @@ def test_the_defended_model_exports_as_one_aotinductor_package(target, tmp_path)
     got, expected = runner(x), rank_template(predict_proba(target, x))  # any batch size, the library's answer
     assert got.shape == (33, 5) and torch.equal(got, expected)  # the template's values, in the target's ranks
     assert [p.name for p in tmp_path.iterdir()] == ["served.pt2"]  # nothing half-written beside it
-    memguard = create_defense("memguard")
-    with pytest.raises(Exception, match="export: memguard does not export as one graph yet .it is randomized"):
-        export_defended(target, memguard, x[:2], tmp_path / "memguard.pt2")
-    assert not (tmp_path / "memguard.pt2").exists()
+    with pytest.raises(Exception, match="export: undrawn-test-defense does not export as one graph yet .it is randomized"):
+        export_defended(target, _Undrawn(), x[:2], tmp_path / "undrawn.pt2")
+    assert not (tmp_path / "undrawn.pt2").exists()
+
+
+class _Undrawn(OutputDefense):
+    """Randomized, and its draws cannot be given: refused by export."""
+
+    name = "undrawn-test-defense"
+    keeps_label = True
+    randomized = True
+
+    def _defend(self, probs, generator):
+        return probs + 0 * torch.rand(probs.shape, generator=generator)
 
 
 def fitted_hamp_output(keyed=False):
@@ -197,6 +207,19 @@ def fitted_hamp_output(keyed=False):
     if keyed:
         defense.query_key = bytes(range(32))
     return defense
+
+
+_MEMGUARD = {}
+
+
+def fitted_memguard():
+    """MemGuard on 5 classes, fitted once (small: 20 steps a round, a budget its coin matters for)."""
+    if not _MEMGUARD:
+        from mia_fast.testing import membership_records
+
+        _MEMGUARD["defense"] = create_defense("memguard", classifier_epochs=15, iters=20, budget=0.05).fit(
+            *membership_records(200, 0, classes=5), seed=0)
+    return _MEMGUARD["defense"]
 
 
 def test_a_randomized_defense_given_its_uniforms_answers_as_with_its_own_draws():
@@ -214,24 +237,39 @@ def test_a_randomized_defense_given_its_uniforms_answers_as_with_its_own_draws()
     assert torch.equal(ends.argsort(1), probs[:2].argsort(1))
     with pytest.raises(ValueError, match=r"uniforms must be \[B=50, 6\]"):
         aeppt.defend_drawn(probs, uniforms[:, :5])
-    assert create_defense("memguard").uniforms_per_answer is None
+    memguard = fitted_memguard()  # the uniform is phase II's coin
+    coins = torch.rand(50, generator=stream(1, "defend"))[:, None]
+    answer = memguard.defend(probs, generator=stream(1, "defend"))
+    assert torch.equal(memguard.defend_drawn(probs, coins), answer.defended)
+    assert 0 < int(answer.extras["noise_added"].sum()) < int(answer.extras["noise_found"].sum())
+    assert torch.equal(memguard.defend_drawn(probs, torch.zeros(50, 1))[answer.extras["noise_found"]],
+                       memguard.phase_one(probs)[0][answer.extras["noise_found"]])  # coin 0: always the noise
 
 
-@pytest.mark.parametrize("name", ["aeppt", "hamp-output"])
+@pytest.mark.parametrize("name", ["aeppt", "hamp-output", "memguard"])
 def test_a_randomized_defense_traces_with_its_uniforms_as_the_second_input(target, name, tmp_path):
     from mia_fast.serving.export import DefendedModel, export_defended
 
     torch.manual_seed(3)
-    defense = AEPPT.from_substitute(SubstituteMIM(5), eps=1e-2, iters=4) if name == "aeppt" else fitted_hamp_output()
+    defense = {"aeppt": lambda: AEPPT.from_substitute(SubstituteMIM(5), eps=1e-2, iters=4),
+               "hamp-output": fitted_hamp_output, "memguard": fitted_memguard}[name]()
+    if name == "memguard":  # outputs of every confidence, as MemGuard's classifier was fitted on
+        target = torch.nn.Linear(12, 5)
+        target.weight.data *= 8
     x = torch.rand(40, 12, generator=torch.Generator().manual_seed(6))
     uniforms = torch.rand(40, defense.uniforms_per_answer, generator=torch.Generator().manual_seed(7))
+    if name == "memguard":
+        uniforms = uniforms * 0.1  # small coins: most answers get their noise (the budget is small)
     batch = torch.export.Dim("batch", min=2, max=1024)
     program = torch.export.export(DefendedModel(target, defense), (x[:2], uniforms[:2]),
                                   dynamic_shapes={"x": {0: batch}, "uniforms": {0: batch}})
     assert all(not str(node.target).startswith("mia_fast") for node in program.graph.nodes)
     expected = defense.defend_drawn(predict_proba(target, x), uniforms)
     torch.testing.assert_close(program.module()(x, uniforms), expected, atol=1e-6, rtol=0)
-    if name == "aeppt":  # one compiled package of the unrolled loop (its compile time grows with iters)
+    if name == "memguard":
+        assert any("while_loop" in str(node.target) for node in program.graph.nodes)  # not unrolled
+        assert bool((expected != predict_proba(target, x)).any(1).float().mean() > 0.2)  # noise was served
+    if name != "hamp-output":  # compiled: AEPPT's unrolled loop (compile time grows with iters), MemGuard's while_loop
         runner = torch._inductor.aoti_load_package(str(export_defended(target, defense, x[:2], tmp_path / "a.pt2")))
         torch.testing.assert_close(runner(x, uniforms), expected, atol=1e-6, rtol=0)
 

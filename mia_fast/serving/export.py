@@ -3,11 +3,12 @@ compiled into an AOTInductor package (.pt2) that serving stacks load without mia
 
 Every deterministic output defense exports (rounding, top-k, label-only, the rank template), and so do
 the randomized ones whose randomness can be given (`OutputDefense.uniforms_per_answer`: AEPPT, HAMP's
-output step). Their package takes a second input, uniforms [B, n] in [0, 1), one row per answer
+output step, MemGuard). Their package takes a second input, uniforms [B, n] in [0, 1), one row per answer
 (`OutputDefense.defend_drawn`): fresh draws per answer are the defense as published; draws from a keyed
 hash of the query give a repeated query the same answer. The fused ops trace as their references' aten
-ops (AEPPT's T iterations unrolled, its gradient in closed form), so the package needs no mia-fast
-extension. MemGuard is refused with one line; serve it with ``mia-fast serve``.
+ops (AEPPT's T iterations unrolled, its gradient in closed form), and MemGuard's search as one
+``while_loop`` (`memguard_noise_graph`), so the package needs no mia-fast extension. A randomized
+defense whose draws cannot be given is refused with one line.
 """
 from __future__ import annotations
 
