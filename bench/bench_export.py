@@ -1,9 +1,10 @@
 """The exported defended model (AOTInductor package) against the library's eager path, side by side in
 one run: compile time, and rows/s of features -> target -> softmax -> defense at a few batch sizes, for
-no defense, rounding and AEPPT (the package's unrolled aten loop vs the fused kernel). The answers of
-each pair are compared (max absolute difference).
+no defense, rounding, AEPPT (the package's unrolled aten loop vs the fused kernel) and MemGuard (the
+package's while_loop vs the library's autograd search). The answers of each pair are compared (max
+absolute difference).
 
-    python bench/bench_export.py --run runs/location30 [--rows 8192] [--out bench/export.json]
+    python bench/bench_export.py --run runs/location30 [--rows 8192] [--defenses none,memguard] [--out F.json]
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from mia_fast.pipeline import RunDir, load_run_dataset
 from mia_fast.serving import Service
 from mia_fast.serving.export import DefendedModel, export_defended
 
-SETTINGS = [(None, {}), ("rounding", {"decimals": 2}), ("aeppt", {})]
+SETTINGS = [(None, {}), ("rounding", {"decimals": 2}), ("aeppt", {}), ("memguard", {})]
 BATCHES = (64, 1024, 8192)
 
 
@@ -40,8 +41,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True)
     parser.add_argument("--rows", type=int, default=8192)
+    parser.add_argument("--defenses", default=",".join(name or "none" for name, _ in SETTINGS),
+                        help="comma-separated, from: %(default)s")
+    parser.add_argument("--repeats", type=int, default=3, help="passes per measurement (the best counts)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    chosen = args.defenses.split(",")
     run = RunDir(args.run)
     ds = load_run_dataset(run.config().resolved())
     x = torch.from_numpy(ds.x[:args.rows]).float()
@@ -50,7 +55,7 @@ def main() -> None:
     print(f"{'defense':10s}{'compile s':>10s}" + "".join(f"{'eager ' + str(b):>12s}{'package ' + str(b):>14s}"
                                                        for b in BATCHES) + "  max |diff|   (rows/s)")
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-        for name, params in SETTINGS:
+        for name, params in [(n, p) for n, p in SETTINGS if (n or "none") in chosen]:
             service = Service.from_run(args.run, name, params, log=lambda m: None)
             model = DefendedModel(service.target, service.defense).eval()
             inputs = (x,)
@@ -62,7 +67,8 @@ def main() -> None:
             compile_s = time.perf_counter() - started
             package = torch._inductor.aoti_load_package(str(path))
             diff = float((package(*inputs) - model(*inputs)).abs().max())
-            speeds = {b: (rows_per_second(model, inputs, b), rows_per_second(package, inputs, b)) for b in BATCHES}
+            speeds = {b: (rows_per_second(model, inputs, b, args.repeats), rows_per_second(package, inputs, b, args.repeats))
+                      for b in BATCHES}
             rows.append({"defense": name or "none", "params": params, "compile_seconds": compile_s,
                          "max_abs_difference": diff,
                          "rows_per_second": {str(b): {"eager": e, "package": p} for b, (e, p) in speeds.items()}})
@@ -72,7 +78,8 @@ def main() -> None:
         Path(args.out).write_text(json.dumps({"machine": platform.processor() or platform.machine(),
                                               "cpus": os.cpu_count(), "torch": torch.__version__,
                                               "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
-                                              "run": args.run, "rows": args.rows, "results": rows}, indent=2))
+                                              "run": args.run, "rows": args.rows, "repeats": args.repeats,
+                                              "results": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -258,7 +258,8 @@ def test_the_defense_validates_its_hyperparameters():
 
 
 BAI_TINY = ["--dataset", "digits", "--target-epochs", "10", "--param", "simulators=1", "--param", "rounds=1",
-            "--param", "candidates=2", "--param", "eps=8", "--param", "simulator_epochs=5"]
+            "--param", "candidates=2", "--param", "eps=8", "--param", "simulator_epochs=5",
+            "--param", "generator_params=epochs=1"]
 
 
 @pytest.mark.parametrize("experiment,settings", [
@@ -268,8 +269,7 @@ BAI_TINY = ["--dataset", "digits", "--target-epochs", "10", "--param", "simulato
 ])
 def test_bai_experiments_run_every_setting_and_save_their_numbers(tmp_path, experiment, settings):
     run = tmp_path / experiment
-    params = BAI_TINY + (["--param", "generator_params=epochs=1"] if experiment == "bai-table3" else [])
-    r = CliRunner().invoke(main, ["reproduce", experiment, "--run-dir", str(run), *params])
+    r = CliRunner().invoke(main, ["reproduce", experiment, "--run-dir", str(run), *BAI_TINY])
     assert r.exit_code == 0, r.output
     saved = json.loads((run / f"reproduce-{experiment}.json").read_text())
     assert [k for k in saved if k in settings] == settings
