@@ -84,6 +84,6 @@ setup(
     # 2.6) or corrupt memory (GHSA-63cw-57p8-fm3p, fixed in 2.10).
     install_requires=["torch>=2.10", "numpy", "click>=8", "tqdm", "scikit-learn", "matplotlib", "safetensors>=0.4",
                       "opacus==1.6.0"],  # DP-SGD; 1.6.0 is tested with the torch 2.13.0 CPU build
-    extras_require={"serve": SERVE, "ray": RAY, "test": ["pytest", "pytest-benchmark", *SERVE, "httpx", *RAY]},
+    extras_require={"serve": SERVE, "ray": RAY, "test": ["pytest", "pytest-benchmark", "pytest-xdist", *SERVE, "httpx", *RAY]},
     entry_points={"console_scripts": ["mia-fast=mia_fast.cli:main"]},
 )
