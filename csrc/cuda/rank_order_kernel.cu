@@ -1,6 +1,6 @@
 // place_in_rank_order on the GPU: one thread per element, which counts the larger elements of its row
 // (ties in index order) and copies values[rank]. A row is C floats read C times: from L1 for the
-// class counts served models have (C up to a few thousand). Rank in [0, C) for any input, NaN included.
+// class counts it is used for (the glue sorts above 128). Rank in [0, C) for any input, NaN included.
 #include "launch.cuh"
 #include "rank_order_kernel.cuh"
 
