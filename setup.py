@@ -3,6 +3,8 @@
 Install against the torch already in the environment:  pip install --no-build-isolation -e .
 CUDA kernels are built when torch has CUDA and nvcc is found, or when FORCE_CUDA=1.
 MIA_FAST_NATIVE=0 builds without -march=native (for wheels that must run on other CPUs).
+MIA_FAST_VEC_WIDTH=4|8|16 forces the CPU kernels' vector width (16 is what AVX-512 machines build), so
+every width can be tested on any x86 CPU.
 """
 import glob
 import os
@@ -32,6 +34,8 @@ def _cpu_flags():
         flags.append("-march=native")
     if _compiler_accepts("-fopenmp"):
         flags.append("-fopenmp")
+    if os.environ.get("MIA_FAST_VEC_WIDTH"):  # 4, 8 or 16 floats whatever the CPU: tests every kernel width
+        flags.append("-DMIA_FAST_VEC_WIDTH=" + str(int(os.environ["MIA_FAST_VEC_WIDTH"])))
     return flags
 
 

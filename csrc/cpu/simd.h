@@ -6,7 +6,9 @@
 namespace mia_fast {
 namespace cpu {
 
-#if defined(__AVX512F__)
+#if defined(MIA_FAST_VEC_WIDTH)  // forced (setup.py: MIA_FAST_VEC_WIDTH=4|8|16), to test every width anywhere
+constexpr int kVecWidth = MIA_FAST_VEC_WIDTH;
+#elif defined(__AVX512F__)
 constexpr int kVecWidth = 16;
 #elif defined(__AVX__)
 constexpr int kVecWidth = 8;
