@@ -16,6 +16,14 @@ def _poison_allocator(nbytes=64 << 20):
     del junk
 
 
+def _assert_close_to_cpu(gpu, cpu):
+    """>= 99.5% of the defended elements within 1e-5 of the CPU op (a sign tie early on a path changes
+    the rest of it), the scores before within 1e-5; a failure says by how much."""
+    agree = float(((gpu[0].cpu() - cpu[0]).abs() <= 1e-5).float().mean())
+    assert agree >= 0.995, f"{agree:.4%} of the elements within 1e-5 of the CPU op"
+    torch.testing.assert_close(gpu[1].cpu(), cpu[1], atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("classes,batch", [(2, 33), (10, 100), (100, 4097), (1000, 45)])
 @pytest.mark.parametrize("options", [(False, False, False), (True, True, True)])
 def test_cuda_equals_cpu_and_writes_every_element(classes, batch, options):
@@ -26,8 +34,7 @@ def test_cuda_equals_cpu_and_writes_every_element(classes, batch, options):
     torch.cuda.synchronize()
     for got in gpu:
         assert bool(torch.isfinite(got).all()), "an output element was not written"
-    assert float(((gpu[0].cpu() - cpu[0]).abs() <= 1e-5).float().mean()) >= 0.995
-    torch.testing.assert_close(gpu[1].cpu(), cpu[1], atol=1e-5, rtol=0)
+    _assert_close_to_cpu(gpu, cpu)
 
 
 @pytest.mark.parametrize("classes,batch", [(10, 100), (100, 4097), (1000, 45)])
@@ -40,8 +47,7 @@ def test_tensor_cores_match_fp32_cpu(classes, batch):
     torch.cuda.synchronize()
     for got in gpu:
         assert bool(torch.isfinite(got).all()), "an output element was not written"
-    assert float(((gpu[0].cpu() - cpu[0]).abs() <= 1e-5).float().mean()) >= 0.995
-    torch.testing.assert_close(gpu[1].cpu(), cpu[1], atol=1e-5, rtol=0)
+    _assert_close_to_cpu(gpu, cpu)
 
 
 def test_selection_writes_every_element():
