@@ -54,6 +54,30 @@ def test_event_counts_match_the_plain_math(device, classes, eps):
     assert events.dtype == torch.int32 and bool((events >= 0).all())
 
 
+@needs_extension
+@pytest.mark.parametrize("options", [(False, False, False), (False, False, True)])  # the others stop samples early
+def test_event_heavy_batches_go_dense_by_groups_and_stay_reproducible(options):
+    # At eps 1e-2 nearly every iteration changes a mask: a group's first block hands over to the dense
+    # loop and the group's other blocks start densely. Same path as the reference, same event counts,
+    # and the same bits whatever the thread count (groups depend on the batch size alone).
+    probs, weights, steps = aeppt_case(100, 400, 100, seed=12, eps=1e-2)
+    before_threads = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            runs.append(ops.aeppt_with_events(probs, *weights, steps, *options))
+    finally:
+        torch.set_num_threads(before_threads)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    adv, _, _, events = runs[0]
+    assert _fraction_close(adv, aeppt_reference(probs, *weights, steps, *options)[0]) >= 0.995
+    counts = aeppt_event_counts(probs, *weights, steps, *options)
+    assert float((events[:, :2] == counts).all(1).float().mean()) >= 0.99
+    assert float(counts[:, 0].float().mean()) > 0.75 * 99  # the case is event-heavy, as meant
+
+
 def test_long_runs_refresh_and_stay_on_the_reference_path():
     """Beyond 128 iterations a periodic exact refresh runs; drift must not move the path either way."""
     probs, weights, steps = aeppt_case(30, 300, 400, seed=5, eps=2.5e-4)
