@@ -56,10 +56,10 @@ def test_event_counts_match_the_plain_math(device, classes, eps):
 
 @needs_extension
 @pytest.mark.parametrize("options", [(False, False, False), (False, False, True)])  # the others stop samples early
-def test_event_heavy_batches_go_dense_by_groups_and_stay_reproducible(options):
-    # At eps 1e-2 nearly every iteration changes a mask: a group's first block hands over to the dense
-    # loop and the group's other blocks start densely. Same path as the reference, same event counts,
-    # and the same bits whatever the thread count (groups depend on the batch size alone).
+def test_event_heavy_batches_hand_over_to_the_dense_loop_and_stay_reproducible(options):
+    # At eps 1e-2 nearly every iteration changes a mask, so blocks hand over to the dense loop after
+    # their probe. Same path as the reference, same event counts, and the same bits whatever the
+    # thread count (the handover is decided per block, by its own samples).
     probs, weights, steps = aeppt_case(100, 400, 100, seed=12, eps=1e-2)
     before_threads = torch.get_num_threads()
     try:

@@ -35,14 +35,6 @@ constexpr int64_t kRefreshEvery = 128;
 // iterations and the event loop is 0.6-0.8x as fast; the benchmark's cases change them in at most 8).
 constexpr int64_t kProbe = 16;
 constexpr double kDenseShare = 0.75;
-// Blocks run in groups of consecutive ones. When a group's first block hands over to the dense loop, the
-// others start densely without probing: where events are the rule, the probe's event iterations cost
-// more than dense ones, and the blocks of one batch behave alike. The group size depends on the batch
-// size alone (not on the thread count), so results are reproducible; small batches get groups of one
-// and still spread over the threads.
-constexpr int64_t kGroup = 8;
-constexpr int64_t kMinGroups = 16;
-inline int64_t group_size(int64_t blocks) { return std::max<int64_t>(1, std::min<int64_t>(kGroup, blocks / kMinGroups)); }
 // Growth of the drift bounds (in ulps of the pre-activations) a linear segment may absorb.
 constexpr float kSegmentSlack = 32.f;  // iterations between exact refreshes of a sample
 
@@ -653,16 +645,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> aeppt_events_cpu(
   const int64_t Cp = m.Cp, H1p = m.H1p, H2p = m.H2p;
   // Per block of kBlock samples, the first and the last forward pass run dense (as in the dense
   // kernel), everything in between in per-sample event loops, unless events are the rule in the
-  // block's first iterations (kDenseShare, checked after 8 and kProbe), or in its group's first block:
-  // then it goes on densely.
-  const int64_t blocks = (B + kBlock - 1) / kBlock, group = group_size(blocks);
-  at::parallel_for(0, (blocks + group - 1) / group, 1, [&](int64_t begin, int64_t end) {
+  // block's first iterations (kDenseShare, checked after 8 and kProbe): then it goes on densely.
+  at::parallel_for(0, (B + kBlock - 1) / kBlock, 1, [&](int64_t begin, int64_t end) {
     std::vector<EventRunner> runners;
     for (int k = 0; k < kBlock; ++k) runners.emplace_back(m, d, opt);
     DenseBlock dense(m);
     std::vector<float> p(kBlock * Cp);
-    bool leader_went_dense = false;  // a chunk starts at a group's first block
-    for (int64_t blk = begin * group; blk < std::min(end * group, blocks); ++blk) {
+    for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t b0 = blk * kBlock;
       const int nvalid = int(std::min<int64_t>(kBlock, B - b0));
       int64_t label[kBlock] = {0};
@@ -672,7 +661,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> aeppt_events_cpu(
       for (int k = 0; k < nvalid; ++k)
         runners[k].start(&p[k * Cp], label[k], &dense.a1[k * H1p], &dense.a2[k * H2p], dense.z[k], st + b0 + k, B, T,
                          si + b0 + k, &target[k]);
-      int64_t dense_from = blk % group != 0 && leader_went_dense ? 0 : T;  // where it goes on densely (T: never)
+      int64_t dense_from = T;  // the iteration at which the block goes on densely (T: never)
       for (int64_t probe = kProbe / 2; probe <= kProbe && probe < T && dense_from == T; probe *= 2) {
         int64_t mask_events = 0;
         for (int k = 0; k < nvalid; ++k) {
@@ -681,7 +670,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> aeppt_events_cpu(
         }
         if (double(mask_events) >= kDenseShare * double(probe * nvalid)) dense_from = probe;
       }
-      if (blk % group == 0) leader_went_dense = dense_from < T;
       bool active[kBlock] = {false, false, false, false, false};
       for (int k = 0; k < nvalid; ++k) {
         if (dense_from == T) runners[k].advance(T);
