@@ -1,5 +1,5 @@
 // place_in_rank_order on the CPU: out[b, j] = values[b, rank of probs[b, j]], ranks counted from the
-// largest with ties in index order (mia_fast/ops/reference.py). Up to kCountUpTo classes each element
+// largest with ties in index order (mia_fast/ops/reference.py). Up to kRankCountUpTo classes each element
 // counts the larger ones in its row (O(C^2), branch-free, vectorised by the compiler: faster than a sort
 // there); above, a sort of (value, index) pairs (NaN ordered as the largest, so the order stays a
 // strict weak one). Either way every rank is in [0, C) and every read stays inside the row.
@@ -18,8 +18,6 @@
 namespace mia_fast {
 namespace cpu {
 namespace {
-
-constexpr int64_t kCountUpTo = 128;  // bench/bench_rank_order.py: counting wins at C = 100, sorting at C = 1000
 
 void count_ranks(const float* row, const float* values, float* out, int64_t classes) {
   for (int64_t j = 0; j < classes; ++j) {
@@ -49,11 +47,11 @@ at::Tensor place_in_rank_order_cpu(const at::Tensor& probs, const at::Tensor& va
   const float* p = probs.data_ptr<float>();
   const float* v = values.data_ptr<float>();
   float* o = out.data_ptr<float>();
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, classes * std::min(classes, kCountUpTo)));
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, classes * std::min(classes, kRankCountUpTo)));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     std::vector<std::pair<float, int64_t>> order;
     for (int64_t b = begin; b < end; ++b) {
-      if (classes <= kCountUpTo) {
+      if (classes <= kRankCountUpTo) {
         count_ranks(p + b * classes, v + b * classes, o + b * classes, classes);
       } else {
         sort_ranks(p + b * classes, v + b * classes, o + b * classes, classes, order);
