@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from mia_fast.attacks import (Flipped, LiRAOffline, MetricAttack, NNAttack, PerClassMLP, RobustnessAttack, Rounded,
+from mia_fast.attacks import (Flipped, LabelLiRA, LiRAOffline, MetricAttack, NNAttack, PerClassMLP, RobustnessAttack, Rounded,
                               noisy_copies, query_labels, scaled_confidence, shadow_records, train_shadow_models)
 from mia_fast.attacks.label_only import noise_kind_for
 from mia_fast.metrics import attack_metrics
@@ -59,6 +59,51 @@ def test_lira_ignores_shadows_that_trained_on_the_record():
     lira.fit(probs2, torch.zeros(2, dtype=torch.long), low, labels, member_reference=ref2,
              nonmember_reference=ref[:, :1], member_reference_mask=mask2)
     assert 0 < lira.threshold < 1
+
+
+def _two_class(margin: torch.Tensor) -> torch.Tensor:
+    """Two-class vectors whose margin log p_0 - log p_1 is ``margin`` (true class 0)."""
+    p0 = torch.sigmoid(margin.double())
+    return torch.stack([p0, 1 - p0], -1)
+
+
+def test_label_lira_finds_hard_records_labelled_right_from_labels_alone():
+    g = torch.Generator().manual_seed(0)
+    n, k = 4000, 6
+    hardness = torch.randn(n, generator=g) * 1.5  # how far a model that did not train on x gets it right
+    reference = _two_class(hardness + torch.randn(k, n, generator=g))
+    member = torch.rand(n, generator=g) < 0.5
+    # members are nearly always labelled right; non-members as often as OUT models label them right
+    right = torch.where(member, torch.rand(n, generator=g) < 0.98, torch.rand(n, generator=g) < torch.special.ndtr(hardness))
+    served = _two_class(torch.where(right, 1.0, -1.0))
+    labels = torch.zeros(n, dtype=torch.long)
+    half = torch.arange(n) < n // 2
+    attack = LabelLiRA().fit(served[half & member], labels[half & member], served[half & ~member],
+                             labels[half & ~member], member_reference=reference[:, half & member],
+                             nonmember_reference=reference[:, half & ~member])
+    assert 0.97 < attack.p_in < 0.99
+    test = ~half
+    scores = attack.score(served[test], labels[test], reference=reference[:, test])
+    m = attack_metrics(scores[member[test].numpy()], scores[~member[test].numpy()],
+                       member_correct=right[test & member].numpy(), nonmember_correct=right[test & ~member].numpy())
+    gap = attack_metrics(right[test & member].double().numpy(), right[test & ~member].double().numpy())
+    assert m["auc_correct"] > 0.65 and m["auc"] > gap["auc"] + 0.05, (m["auc_correct"], m["auc"], gap["auc"])
+    # label-only: other confidence values with the same labels give the same scores
+    rescaled = _two_class(torch.where(right, 4.0, -0.3))[test]
+    assert np.array_equal(attack.score(rescaled, labels[test], reference=reference[:, test]), scores)
+
+
+def test_label_lira_skips_shadows_that_trained_on_the_record():
+    labels = torch.zeros(1, dtype=torch.long)
+    reference = _two_class(torch.tensor([[-2.0], [-2.5], [6.0]]))  # only shadow 2 trained on it and got it right
+    attack = LabelLiRA(global_variance=False)
+    attack.p_in = 0.9
+    right = _two_class(torch.tensor([1.0]))
+    masked = attack.score(right, labels, reference=reference, reference_mask=torch.tensor([[True], [True], [False]]))
+    unmasked = attack.score(right, labels, reference=reference)
+    assert masked[0] > 2 and masked[0] > unmasked[0]
+    with pytest.raises(ValueError, match="at least one shadow model"):
+        attack.score(right, labels, reference=reference, reference_mask=torch.zeros(3, 1, dtype=torch.bool))
 
 
 def test_per_class_networks_are_independent():

@@ -62,6 +62,10 @@ def test_compare_puts_every_output_defense_side_by_side(run):
         assert template["attacks"][attack]["aware"]["accuracy"] <= cmp["gap_floor"] + 0.05
     assert template["defense"]["perturbation"]["mean_l1"] < label_only["defense"]["perturbation"]["mean_l1"]
     assert template["defense"]["perturbation"]["label_flips"] == 0
+    # label-only LiRA reads labels and the attacker's own undefended shadows: whatever a label-keeping
+    # defense serves, it sees the same (its aware copy's one-hot references would change it)
+    for ev in (label_only, template):
+        assert ev["attacks"]["label_lira"]["aware"] == ev["attacks"]["label_lira"]["none"]
     served = np.load(run / "defenses" / label_only["defense"]["key"] / "members.npy")
     assert set(np.unique(served).tolist()) == {0.0, 1.0}
     assert label_only["defense"]["perturbation"]["label_flips"] == 0
@@ -252,7 +256,8 @@ def test_frontier_rows_take_the_worst_attack_of_each_family():
     summary = {"best_aware_attack": "robustness", "best_aware_accuracy": 0.8, "best_score_accuracy": 0.7,
                "gap_floor": 0.7, "best_aware_tpr_at_0.1%_fpr": 0.02}
     attacks = {"confidence": m(0.7, 0.52), "entropy": m(0.69, 0.56), "mim0": m(0.71, 0.53), "shokri": m(0.7, 0.51),
-               "lira": m(0.66, 0.61), "rmia": m(0.7, 0.63), "gap": m(0.7, float("nan"), 0.0)}
+               "lira": m(0.66, 0.61), "rmia": m(0.7, 0.63), "gap": m(0.7, float("nan"), 0.0),
+               "robustness": m(0.8, 0.6), "label_lira": m(0.72, 0.64)}
     defended = {"defense": {"perturbation": {"mean_l1": 0.28, "label_flips": 0}, "key": "rank-template-0123456789"},
                 "attacks": {n: {"naive": v, "aware": v} for n, v in attacks.items()},
                 "adaptive": {"averaging": m(0.74, 0.58), "rounding": m(0.7, 0.5)}, "summary": summary}
@@ -267,6 +272,7 @@ def test_frontier_rows_take_the_worst_attack_of_each_family():
     assert none["defense"] == "none" and row["defense"] == "rank-template" and row["mean_l1"] == 0.28
     assert row["beyond_label_metric"] == 0.56 and row["beyond_label_reference"] == 0.63
     assert row["beyond_label_learned"] == 0.58  # the adaptive MIM0s count as learned attacks
+    assert row["beyond_label_label"] == 0.64  # label-only attacks: their own column
     assert abs(row["averaging_gain"] - 0.03) < 1e-12 and row["gap_tpr"] == 0.0 and row["bounded"] == []
     # with label-only in the comparison, a label-keeping defense leaks at least what it leaks (argmax)
     cmp["defenses"]["label-only"] = label_only

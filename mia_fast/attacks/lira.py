@@ -31,6 +31,31 @@ def scaled_confidence(probs: Tensor, labels: Tensor) -> Tensor:
     return torch.log(py.clamp_min(_TINY)) - torch.log(rest.clamp_min(_TINY))
 
 
+def out_gaussian(phi: Tensor, mask: Optional[Tensor], *, global_variance: bool, attack: str) -> tuple:
+    """Mean and standard deviation per record [n] of a shadow statistic ``phi`` [K, n] over the shadow
+    models that did not train on it (``mask`` [K, n] True there; None: all of them), with one pooled
+    variance for all records when ``global_variance`` (Carlini et al., sec. VI-A)."""
+    mask = torch.ones_like(phi, dtype=torch.bool) if mask is None else mask.bool()
+    if not bool(mask.any(0).all()):
+        raise ValueError(f"{attack}: every record needs at least one shadow model that did not train on it")
+    count = mask.sum(0).double()
+    mu = torch.where(mask, phi, 0.0).sum(0) / count
+    dev2 = torch.where(mask, (phi - mu) ** 2, 0.0)
+    if global_variance:
+        var = (dev2.sum() / mask.sum().clamp_min(1)).expand_as(mu)
+    else:
+        var = dev2.sum(0) / (count - 1).clamp_min(1)
+    return mu, var.clamp_min(1e-8).sqrt()
+
+
+def scores_with_out(attack, probs: Tensor, labels: Tensor, reference: Tensor, mask: Optional[Tensor]) -> np.ndarray:
+    """``attack.score`` on the records with at least one shadow model that did not train on them: a known
+    record that trained every shadow has no OUT distribution, so it cannot inform a threshold."""
+    keep = torch.ones(len(labels), dtype=torch.bool) if mask is None else mask.bool().any(0)
+    return attack.score(probs[keep], labels[keep], reference=reference[:, keep],
+                        reference_mask=None if mask is None else mask[:, keep])
+
+
 class LiRAOffline(Attack):
     """Offline LiRA: score = Phi((phi_target - mu_out) / sigma_out) per record (higher = member).
 
@@ -54,19 +79,8 @@ class LiRAOffline(Attack):
         self.threshold = 0.5
 
     def _stats(self, labels: Tensor, reference: Tensor, reference_mask: Optional[Tensor]):
-        phi = scaled_confidence(reference, labels)  # [K, n]
-        mask = torch.ones_like(phi, dtype=torch.bool) if reference_mask is None else reference_mask.bool()
-        if not bool(mask.any(0).all()):
-            raise ValueError("LiRA: every record needs at least one shadow model that did not train on it")
-        count = mask.sum(0).double()
-        mu = torch.where(mask, phi, 0.0).sum(0) / count
-        dev2 = torch.where(mask, (phi - mu) ** 2, 0.0)
-        if self.global_variance:
-            var = dev2.sum() / mask.sum().clamp_min(1)
-            var = var.expand_as(mu)
-        else:
-            var = dev2.sum(0) / (count - 1).clamp_min(1)
-        return mu, var.clamp_min(1e-8).sqrt()
+        return out_gaussian(scaled_confidence(reference, labels), reference_mask,
+                            global_variance=self.global_variance, attack="LiRA")
 
     def score(self, probs: Tensor, labels: Tensor, *, reference: Tensor,
               reference_mask: Optional[Tensor] = None) -> np.ndarray:
@@ -77,13 +91,7 @@ class LiRAOffline(Attack):
     def fit(self, member_probs, member_labels, nonmember_probs, nonmember_labels, *, member_reference: Tensor,
             nonmember_reference: Tensor, member_reference_mask: Optional[Tensor] = None,
             nonmember_reference_mask: Optional[Tensor] = None) -> "LiRAOffline":
-        def scores(probs, labels, reference, mask):
-            # a known record that trained every shadow has no OUT distribution: it cannot inform the threshold
-            keep = torch.ones(len(labels), dtype=torch.bool) if mask is None else mask.bool().any(0)
-            return self.score(probs[keep], labels[keep], reference=reference[:, keep],
-                              reference_mask=None if mask is None else mask[:, keep])
-
         self.threshold, _ = _best_threshold(
-            scores(member_probs, member_labels, member_reference, member_reference_mask),
-            scores(nonmember_probs, nonmember_labels, nonmember_reference, nonmember_reference_mask))
+            scores_with_out(self, member_probs, member_labels, member_reference, member_reference_mask),
+            scores_with_out(self, nonmember_probs, nonmember_labels, nonmember_reference, nonmember_reference_mask))
         return self

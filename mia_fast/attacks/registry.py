@@ -5,7 +5,10 @@ needs. The battery, the CLI and the report read their lists from here.
             shadow  the shadow models' outputs on the attacker's pool (member = trained that shadow)
             ood     known members + answers on corrupted copies of known non-members (MIM3)
     needs   shadows       shadow models (source shadow, or shadow references)
-            reference     per-record shadow outputs as ``reference`` context (LiRA)
+            reference     per-record shadow outputs as ``reference`` context (LiRA), defended by the
+                          aware attacker's own copy of the defense
+            shadow_reference  the same, always undefended: the attacker owns its shadow models and reads
+                          their full outputs (label-only LiRA)
             noisy_labels  labels of noisy queries as ``noisy_labels`` context (robustness)
             boundary_distance  the label-only distance to the decision boundary (boundary)
     label_only  the attack reads only labels (no confidence values): no output defense that keeps the
@@ -27,6 +30,7 @@ from typing import Callable, Dict
 
 from .base import Attack
 from .boundary import BoundaryAttack
+from .label_lira import LabelLiRA
 from .label_only import RobustnessAttack
 from .lira import LiRAOffline
 from .metric import MetricAttack
@@ -35,7 +39,7 @@ from .rmia import RMIAOffline
 
 SOURCES = ("known", "shadow", "ood")
 FAMILIES = ("metric", "learned", "reference", "label")
-NEEDS = ("shadows", "reference", "noisy_labels", "boundary_distance")
+NEEDS = ("shadows", "reference", "shadow_reference", "noisy_labels", "boundary_distance")
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ def register_attack(name: str, make: Callable[[int, int, str], Attack], *, sourc
             or label_only != (family == "label")):
         raise ValueError(f"attack {name!r}: taken name, or source not in {SOURCES}, needs not in {NEEDS}, or family "
                          f"not in {FAMILIES} (label exactly for label-only attacks)")
-    needs = set(needs) | ({"shadows"} if source == "shadow" or "reference" in needs else set())
+    needs = set(needs) | ({"shadows"} if source == "shadow" or {"reference", "shadow_reference"} & set(needs) else set())
     ATTACKS[name] = AttackSpec(make, source, frozenset(needs), description, family, label_only)
 
 
@@ -102,3 +106,7 @@ register_attack("rmia", lambda e, s, d: RMIAOffline(), source="known", family="r
 register_attack("boundary", lambda e, s, d: BoundaryAttack(), source="known", family="label",
                 needs=("boundary_distance",), label_only=True, description="label-only: distance to the decision boundary by label queries "
                 "(bit flips / random directions; Choquette-Choo et al., Li & Zhang)")
+register_attack("label_lira", lambda e, s, d: LabelLiRA(), source="known", family="label",
+                needs=("shadow_reference",), label_only=True,
+                description="label-only LiRA: the served label against each record's chance of a right label "
+                "from shadow models that did not train on it (their margins; Carlini et al., Watson et al.)")

@@ -44,8 +44,10 @@ def measure(attack, scored: Records, *, per_class: bool = True) -> tuple:
     return m, (s_in, s_out)
 
 
-def _context(recs: Records, needs, reference: Callable, noisy_labels: Callable, boundary: Callable) -> Records:
-    for need, compute in (("reference", reference), ("noisy_labels", noisy_labels), ("boundary_distance", boundary)):
+def _context(recs: Records, needs, reference: Callable, noisy_labels: Callable, boundary: Callable,
+             shadow_reference: Callable) -> Records:
+    for need, compute in (("reference", reference), ("shadow_reference", shadow_reference),
+                          ("noisy_labels", noisy_labels), ("boundary_distance", boundary)):
         if need in needs:
             member, nonmember = compute()
             recs.member_context = {**recs.member_context, **member}
@@ -63,17 +65,20 @@ def _fit_data(threat: ThreatModel, name: str, deployment: Optional[Deployment]) 
     else:
         recs = d.served("known") if d else threat.target_outputs("known")
     return _context(recs, spec.needs, lambda: (d or threat).reference("known"),
-                    lambda: (d or threat).noisy_labels("known"), lambda: _boundary(threat, d, "known"))
+                    lambda: (d or threat).noisy_labels("known"), lambda: _boundary(threat, d, "known"),
+                    lambda: threat.reference("known"))
 
 
 def _scored_data(threat: ThreatModel, name: str, deployment: Optional[Deployment], setting: str) -> Records:
     """The scored records as served in ``setting``. LiRA's references are defended only by the aware
-    attacker (it alone runs its copy of the defense); noisy-query labels are whatever the target serves."""
+    attacker (it alone runs its copy of the defense), label-only LiRA's never (the attacker owns its shadow
+    models); noisy-query labels are whatever the target serves."""
     d = deployment if setting != "none" else None
     recs = d.served("scored") if d else threat.target_outputs("scored")
     return _context(recs, ATTACKS[name].needs,
                     lambda: (deployment if setting == "aware" else threat).reference("scored"),
-                    lambda: (d or threat).noisy_labels("scored"), lambda: _boundary(threat, d, "scored"))
+                    lambda: (d or threat).noisy_labels("scored"), lambda: _boundary(threat, d, "scored"),
+                    lambda: threat.reference("scored"))
 
 
 def _boundary(threat: ThreatModel, deployment: Optional[Deployment], which: str) -> tuple:

@@ -332,16 +332,19 @@ def privacy_utility_figure(cmp: dict, path: Path) -> None:
     _save(fig, path)
 
 
+#: Attack families of the frontier's leakage beyond the label, the label-only attacks last.
+FRONTIER_FAMILIES = ("metric", "learned", "reference", "label")
 #: Frontier numbers where more leakage is worse; label-only serving's bounds them for label-keeping defenses.
-BOUNDED = ("beyond_label_metric", "beyond_label_learned", "beyond_label_reference", "best_aware_accuracy",
-           "best_score_accuracy", "tpr")
+BOUNDED = ("beyond_label_metric", "beyond_label_learned", "beyond_label_reference", "beyond_label_label",
+           "best_aware_accuracy", "best_score_accuracy", "tpr")
 
 
 def frontier_rows(cmp: dict) -> list:
     """The output defenses' frontier: for the undefended target and each point with an output defense on
     it, mean L1, label flips, the leakage beyond the label (largest AUC among correctly classified records,
     aware) per attack family (metric thresholds; learned attack models, the adaptive MIM0s included;
-    per-record shadow references), the best aware attack, TPR at 0.1% FPR, and what averaging repeated
+    per-record shadow references; label-only attacks, which see what any label-keeping defense serves),
+    the best aware attack, TPR at 0.1% FPR, and what averaging repeated
     queries adds to MIM0 fitted on single answers (accuracy points).
 
     An attacker facing a defense that keeps every label can take the argmax of each answer, and then sees
@@ -369,7 +372,7 @@ def frontier_rows(cmp: dict) -> list:
         averaging = adaptive.get("averaging")
         mim0 = attacks.get("mim0", {}).get("aware")
         out.append({"defense": name, "mean_l1": l1, "label_flips": flips,
-                    **{f"beyond_label_{f}": beyond(attacks, adaptive, f) for f in ("metric", "learned", "reference")},
+                    **{f"beyond_label_{f}": beyond(attacks, adaptive, f) for f in FRONTIER_FAMILIES},
                     "best_aware_attack": ev["summary"]["best_aware_attack"],
                     "best_aware_accuracy": ev["summary"]["best_aware_accuracy"],
                     "best_score_accuracy": ev["summary"]["best_score_accuracy"],
@@ -406,16 +409,18 @@ def _frontier_table(cmp: dict) -> tuple:
     tpr = lambda v: f"{v:.3f}"  # noqa: E731
     return ("Output defenses: the frontier", "Leakage beyond the label (AUC among correctly classified records, "
             "aware) for each attack family: metric thresholds (confidence, entropy, modified entropy), learned "
-            "attack models (MIM0-3, Shokri, the adaptive MIM0s), per-record shadow references (LiRA, RMIA). "
+            "attack models (MIM0-3, Shokri, the adaptive MIM0s), per-record shadow references (LiRA, RMIA), and "
+            "label-only attacks (robustness, boundary, label-only LiRA: what the labels alone leak among correctly "
+            "classified records, the least any defense that keeps the labels can leak there). "
             "Averaging: what MIM0 on the mean of repeated answers gains over MIM0 on one answer. An attacker "
             "facing a defense that keeps every label can take the argmax of each answer and then sees what "
             "label-only serving shows, so label-only's numbers bound every such defense from below: where "
             "the battery measured less for one, the cell shows label-only's value and the battery's in brackets.",
-            ["defense", "mean L1", "label flips", "beyond label: metric", "learned", "reference",
+            ["defense", "mean L1", "label flips", "beyond label: metric", "learned", "reference", "labels only",
              "best aware attack", "its accuracy", "best score attack accuracy", "gap floor", "TPR @ 0.1% FPR",
              "gap attack's TPR", "averaging gain"],
             [[r["defense"], f"{r['mean_l1']:.3f}", str(r["label_flips"]),
-              *(cell(r, f"beyond_label_{f}", pct) for f in ("metric", "learned", "reference")),
+              *(cell(r, f"beyond_label_{f}", pct) for f in FRONTIER_FAMILIES),
               r["best_aware_attack"], cell(r, "best_aware_accuracy", pct), cell(r, "best_score_accuracy", pct),
               _pct(r["gap_floor"]), cell(r, "tpr", tpr), "-" if math.isnan(r["gap_tpr"]) else tpr(r["gap_tpr"]),
               "-" if math.isnan(r["averaging_gain"]) else f"{100 * r['averaging_gain']:+.1f} pts"]
@@ -427,7 +432,7 @@ def frontier_figure(cmp: dict, path: Path) -> None:
     output defenses, with the gap floor and label-only serving (the bound of label-keeping ones) drawn."""
     table = frontier_rows(cmp)
     fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
-    styles = {"metric": "^", "learned": "s", "reference": "D"}
+    styles = dict(zip(FRONTIER_FAMILIES, ("^", "s", "D", "v")))
     for i, r in enumerate(table):
         c = "black" if r["defense"] == "none" else plt.cm.tab20(i % 20)
         for family, marker in styles.items():
@@ -437,13 +442,18 @@ def frontier_figure(cmp: dict, path: Path) -> None:
         axes[1].scatter(r["mean_l1"], r["best_aware_accuracy"], marker="o", s=50, color=c, label=r["defense"])
         axes[1].scatter(r["mean_l1"], r["best_score_accuracy"], marker="x", s=50, color=c)
     for family, marker in styles.items():
-        axes[0].scatter([], [], marker=marker, color="grey", label=f"{family} attacks")
+        axes[0].scatter([], [], marker=marker, color="grey",
+                        label="label-only attacks" if family == "label" else f"{family} attacks")
     axes[0].axhline(0.5, color="grey", lw=0.8)
     axes[0].axhline(0.55, color="green", lw=0.8, ls=":", label="0.55")
     label_only = next((r for r in table if r["defense"] == "label-only"), None)
     if label_only is not None and not math.isnan(label_only["beyond_label_reference"]):
         axes[0].axhline(label_only["beyond_label_reference"], color="purple", lw=1, ls=":",
                         label=f"label-only serving, reference attacks {label_only['beyond_label_reference']:.3f}")
+    labels_alone = table[0]["beyond_label_label"]  # the undefended target's labels: what every label-keeping defense serves
+    if not math.isnan(labels_alone):
+        axes[0].axhline(labels_alone, color="brown", lw=1, ls="-.",
+                        label=f"labels alone (label-only attacks, undefended) {labels_alone:.3f}")
     axes[0].set(xlabel="mean L1 distortion of the served outputs", ylabel="AUC among correctly classified (aware)",
                 ylim=(0.45, 1.0), title="leakage beyond the label (colours: right)")
     axes[0].legend(fontsize=7, loc="upper right")
