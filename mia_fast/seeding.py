@@ -21,7 +21,8 @@ import torch
 #: typo cannot create a stream that collides by accident and the test can check them all.
 PURPOSES = {
     "target": "the target model's initialisation and batch order",
-    "substitute": "the defender's substitute MIM (AEPPT)",
+    "substitute": "the defender's substitute MIM (AEPPT; index: the refit round)",
+    "substitute-refit": "AEPPT's steps on the defender's own outputs while it refits its substitute (2 round + side)",
     "adversary-mim0": "the paper's adversary MIM0 in the demo pipeline",
     "defense-fit": "fitting a deployed output defense on the defender's data",
     "deployed-defense": "the deployed defense's randomness on served outputs (index: which set)",

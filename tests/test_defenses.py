@@ -137,6 +137,29 @@ def test_aeppt_defense_is_the_aeppt_op(defender_data):
     assert torch.equal(res.extras["decision_flipped"], ref.decision_flipped)
 
 
+def test_aeppt_refits_learn_from_defended_outputs(defender_data):
+    """A refitted substitute has seen the first substitute's defended outputs: it tells them apart better
+    than the first one, which AEPPT pushed across its own boundary."""
+    from mia_fast.metrics import attack_metrics
+    (m, ml, n, nl), _, _ = defender_data
+    params = {"eps": 5e-3, "iters": 50, "mim_epochs": 20}
+    first = create_defense("aeppt", **params).fit(m, ml, n, nl, seed=0)
+    refitted = create_defense("aeppt", refits=1, **params).fit(m, ml, n, nl, seed=0)
+    again = create_defense("aeppt", refits=1, **params).fit(m, ml, n, nl, seed=0)
+    assert refitted.params()["refits"] == 1
+    assert all(torch.equal(a, b) for a, b in zip(refitted.substitute.state_dict().values(),
+                                                 again.substitute.state_dict().values()))  # seeded
+    defended = [first.defend(p, generator=torch.Generator().manual_seed(i)).defended for i, p in enumerate((m, n))]
+
+    def accuracy(defense):
+        with torch.no_grad():
+            s_in, s_out = (torch.sigmoid(defense.substitute.logit(p, y)).numpy()
+                           for p, y in zip(defended, (ml, nl)))
+        return attack_metrics(s_in, s_out, threshold=0.5)["accuracy"]
+
+    assert accuracy(refitted) > accuracy(first) + 0.1, (accuracy(first), accuracy(refitted))
+
+
 def test_memguard_drives_its_classifier_to_one_half_within_its_budget(defender_data):
     defense = _fitted("memguard", defender_data)
     probs = torch.cat([defender_data[0][0][:150], defender_data[0][2][:150]])
