@@ -100,6 +100,21 @@ def test_label_keeping_generators_keep_the_simulators_label(digits, simulator, n
     assert float(moved.median()) > 0.1 * EPS * 0.25, f"{name} barely perturbs (median distance {float(moved.median()):.3g})"
 
 
+def test_advgan_snapshots_propose_the_latest_epochs_generators(digits, simulator):
+    x, y = digits["x"][:20], digits["y"][:20]
+    final = _configured("advgan", epochs=3).fit(simulator, None, x, y, seed=0)
+    snap = _configured("advgan", epochs=3, snapshots=2).fit(simulator, None, x, y, seed=0)
+    one = final.propose(simulator, x, y, 2, generator=stream(0, "perturbation-candidates"))
+    cand = snap.propose(simulator, x, y, 4, generator=stream(0, "perturbation-candidates"))
+    assert cand.shape == (20, 4, 64) and len(snap._snapshots) == 2
+    torch.testing.assert_close(cand[:, 0], one[:, 0])  # the newest snapshot is the final generator, at t = 1
+    torch.testing.assert_close(cand[:, 2], one[:, 1])  # ... and at t = 1 + spread
+    assert float((cand[:, 1] - cand[:, 0]).abs().max()) > 1e-3  # the epoch before is another generator
+    with torch.no_grad():
+        older = snap.clip(x + snap._delta(x, snap._snapshots[1]))
+    torch.testing.assert_close(cand[:, 1], older)
+
+
 def _reference_selection(x, y, cand_rounds, simulator, strengths, eps):
     """Algorithm 1's selection, one record and one candidate at a time (squared L2, fallback original)."""
     uploads, rounds = x.clone(), [-1] * len(x)

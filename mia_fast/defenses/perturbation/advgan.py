@@ -5,6 +5,7 @@ discriminator D (LSGAN losses), keep its size between the feedback floor and the
 hinge, on both sides), and look like a non-member to the privacy-leakage evaluator g."""
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -62,23 +63,29 @@ class AdvGAN(Generator):
     on 2 cores, bench/README.md);
     G's loss: label + ``gan_weight`` * LSGAN + ``hinge_weight`` * size hinge + ``evaluator_weight`` *
     softplus(g's membership logit). The K candidates of a record are x + t * G(x) for t evenly in
-    [1, 1 + ``spread``], clipped to the data range."""
+    [1, 1 + ``spread``], clipped to the data range. With ``snapshots`` S > 1 they come from the
+    generators after each of the last S epochs of training (the design note's reading: snapshots and
+    scalings), candidate q from snapshot q mod S (the newest first) at the (q div S)-th scaling of
+    ceil(K / S); S = 1 is the final generator alone."""
 
     name = "advgan"
     description = "AdvGAN with Bai et al.'s label-keeping, evaluator-fooling losses (Xiao et al. 2018)"
 
     def __init__(self, *, epochs: int = 3, lr: float = 1e-3, batch_size: int = 128, gan_weight: float = 1.0,
-                 hinge_weight: float = 10.0, evaluator_weight: float = 1.0, spread: float = 0.5):
+                 hinge_weight: float = 10.0, evaluator_weight: float = 1.0, spread: float = 0.5, snapshots: int = 1):
         super().__init__()
-        if epochs < 1 or batch_size < 1 or lr <= 0 or min(gan_weight, hinge_weight, evaluator_weight, spread) < 0:
-            raise ValueError("advgan: epochs, batch_size >= 1, lr > 0 and weights, spread >= 0")
+        if (epochs < 1 or batch_size < 1 or snapshots < 1 or lr <= 0
+                or min(gan_weight, hinge_weight, evaluator_weight, spread) < 0):
+            raise ValueError("advgan: epochs, batch_size, snapshots >= 1, lr > 0 and weights, spread >= 0")
         self.epochs, self.lr, self.batch_size, self.spread = epochs, lr, batch_size, spread
         self.gan_weight, self.hinge_weight, self.evaluator_weight = gan_weight, hinge_weight, evaluator_weight
+        self.snapshots = snapshots
         self.g_net = self.d_net = None
+        self._snapshots = []  # generators after the latest epochs, the newest first
 
-    def _delta(self, x):
+    def _delta(self, x, net=None):
         """G(x) scaled so that its largest possible size is 2 R."""
-        return self.g_net(x) * (2 * self.radius / math.sqrt(x[0].numel()))
+        return (net or self.g_net)(x) * (2 * self.radius / math.sqrt(x[0].numel()))
 
     def fit(self, simulator, evaluator, x, y, *, seed=0, progress=False):
         device = simulator.device
@@ -113,6 +120,8 @@ class AdvGAN(Generator):
                 self._opt_g.zero_grad(set_to_none=True)
                 g_loss.backward()
                 self._opt_g.step()
+            if self.snapshots > 1:
+                self._snapshots = [copy.deepcopy(self.g_net).eval()] + self._snapshots[:self.snapshots - 1]
         self.g_net.eval()
         return self
 
@@ -121,10 +130,13 @@ class AdvGAN(Generator):
         if self.g_net is None:
             raise RuntimeError("advgan: call fit() before propose()")
         device = simulator.device
-        scales = torch.linspace(1.0, 1.0 + self.spread, k) if k > 1 else torch.ones(1)
+        nets = self._snapshots if self.snapshots > 1 else [self.g_net]
+        per_net = -(-k // len(nets))
+        scales = torch.linspace(1.0, 1.0 + self.spread, per_net).tolist() if per_net > 1 else [1.0]
         out = []
         for start in range(0, len(x), 1024):
             xb = x[start:start + 1024].to(device).float()
-            delta = self._delta(xb)
-            out.append(torch.stack([self.clip(xb + t * delta) for t in scales.tolist()], 1).cpu())
+            deltas = [self._delta(xb, net.to(device)) for net in nets]
+            out.append(torch.stack([self.clip(xb + scales[q // len(nets)] * deltas[q % len(nets)])
+                                    for q in range(k)], 1).cpu())
         return torch.cat(out) if out else torch.empty(0, k, *x.shape[1:])
