@@ -14,7 +14,9 @@ import tempfile
 
 from setuptools import find_packages, setup
 
-VERSION = "0.1.0"
+# One place for the version: mia_fast/version.py (the compare cache keys results by it).
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "mia_fast", "version.py")) as _f:
+    VERSION = _f.read().split('"')[1]
 
 
 def _compiler_accepts(flag):

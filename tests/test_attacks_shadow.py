@@ -106,6 +106,28 @@ def test_label_lira_skips_shadows_that_trained_on_the_record():
         attack.score(right, labels, reference=reference, reference_mask=torch.zeros(3, 1, dtype=torch.bool))
 
 
+
+@pytest.mark.parametrize("attack", [LiRAOffline, LabelLiRA])
+def test_fitted_reference_attacks_score_a_record_whatever_is_scored_with_it(attack):
+    """The pooled variance comes from fitting: scoring members and non-members in separate calls (as the
+    battery does) must not give each group its own variance, which alone would separate them."""
+    g = torch.Generator().manual_seed(1)
+    n, k = 200, 6
+    hard = torch.rand(n, generator=g) < 0.5  # hard records vary more across shadows
+    reference = _two_class(torch.randn(k, n, generator=g) * torch.where(hard, 4.0, 0.5) + 2.0)
+    served = _two_class(torch.full((n,), 3.0))  # the same answer for every record: nothing to find
+    labels = torch.zeros(n, dtype=torch.long)
+    fitted = attack().fit(served[:100], labels[:100], served[100:], labels[100:], member_reference=reference[:, :100],
+                          nonmember_reference=reference[:, 100:])
+    together = fitted.score(served, labels, reference=reference)
+    assert np.allclose(fitted.score(served[hard], labels[hard], reference=reference[:, hard]), together[hard.numpy()])
+    unfitted = attack()
+    if attack is LabelLiRA:
+        unfitted.p_in = fitted.p_in
+    apart = unfitted.score(served[hard], labels[hard], reference=reference[:, hard])
+    assert not np.allclose(apart, together[hard.numpy()])  # pooled over the call: only the hard records
+
+
 def test_per_class_networks_are_independent():
     net = PerClassMLP(3)
     probs = torch.softmax(torch.randn(5, 3), 1)

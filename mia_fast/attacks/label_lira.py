@@ -20,9 +20,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .base import Attack
-from .lira import out_gaussian, scores_with_out
-from .metric import _best_threshold
+from .lira import ReferenceGaussian
 
 Tensor = torch.Tensor
 _TINY = 1e-30
@@ -43,13 +41,14 @@ def label_margin(probs: Tensor, labels: Tensor) -> Tensor:
     return torch.log(py.clamp_min(_TINY)) - torch.log(rival.clamp_min(_TINY))
 
 
-class LabelLiRA(Attack):
+class LabelLiRA(ReferenceGaussian):
     """score(x) = log Pr(label | member) / Pr(label | non-member), from the served label only.
 
     ``score`` and ``fit`` take the attacker's own (undefended) shadow outputs on the same records as
     ``reference`` [K, n, C] and optionally ``reference_mask`` [K, n] (True where shadow k did not train on
-    record n), as `LiRAOffline` does. ``fit`` sets p_in (the share of the known members the target labels
-    right, smoothed by half a record) and the threshold with the best accuracy on the known records.
+    record n), as `LiRAOffline` does (`ReferenceGaussian`: the margins' pooled variance is fitted on the
+    known records). ``fit`` also sets p_in (the share of the known members the target labels right,
+    smoothed by half a record).
 
     >>> ref = torch.tensor([[[0.9, 0.1], [0.3, 0.7]], [[0.8, 0.2], [0.4, 0.6]]])  # 2 shadows, 2 records
     >>> attack = LabelLiRA()
@@ -60,15 +59,16 @@ class LabelLiRA(Attack):
     True
     """
 
+    statistic = staticmethod(label_margin)
+    name = "label-only LiRA"
+
     def __init__(self, *, global_variance: bool = True):
-        self.global_variance = global_variance
+        super().__init__(global_variance=global_variance)
         self.p_in = 1.0 - _CLAMP
-        self.threshold = 0.0
 
     def right_probability(self, labels: Tensor, reference: Tensor, reference_mask: Optional[Tensor] = None) -> Tensor:
         """q(x): the chance that a model which did not train on x labels it right, per record [n]."""
-        mu, sigma = out_gaussian(label_margin(reference, labels), reference_mask,
-                                 global_variance=self.global_variance, attack="label-only LiRA")
+        mu, sigma = self.out_stats(labels, reference, reference_mask)
         return torch.special.ndtr(mu / sigma).clamp(_CLAMP, 1 - _CLAMP)
 
     def score(self, probs: Tensor, labels: Tensor, *, reference: Tensor,
@@ -83,7 +83,7 @@ class LabelLiRA(Attack):
             nonmember_reference_mask: Optional[Tensor] = None) -> "LabelLiRA":
         right = (member_probs.argmax(1) == member_labels.long()).double()
         self.p_in = float(((right.sum() + 0.5) / (len(right) + 1)).clamp(_CLAMP, 1 - _CLAMP))
-        self.threshold, _ = _best_threshold(
-            scores_with_out(self, member_probs, member_labels, member_reference, member_reference_mask),
-            scores_with_out(self, nonmember_probs, nonmember_labels, nonmember_reference, nonmember_reference_mask))
-        return self
+        return super().fit(member_probs, member_labels, nonmember_probs, nonmember_labels,
+                           member_reference=member_reference, nonmember_reference=nonmember_reference,
+                           member_reference_mask=member_reference_mask,
+                           nonmember_reference_mask=nonmember_reference_mask)
