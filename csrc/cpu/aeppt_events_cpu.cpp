@@ -38,8 +38,6 @@ constexpr double kDenseShare = 0.75;
 // Growth of the drift bounds (in ulps of the pre-activations) a linear segment may absorb.
 constexpr float kSegmentSlack = 32.f;  // iterations between exact refreshes of a sample
 
-typedef int32_t vint __attribute__((vector_size(kVecWidth * sizeof(int32_t))));
-
 // Sizes of the weights that bound how rounding errors propagate.
 struct DriftScale {
   float wp_max;   // max |W_p|
@@ -105,13 +103,6 @@ inline float abs_min(const float* x, int64_t n, int64_t n_real) {
     r = a < r ? a : r;
   }
   return hmin(r);
-}
-inline bool any_lane(vint v) {  // an OR over 64-bit words, not over lanes: a few instructions
-  uint64_t words[kVecWidth / 2];
-  std::memcpy(words, &v, sizeof(v));
-  uint64_t r = 0;
-  for (int l = 0; l < kVecWidth / 2; ++l) r |= words[l];
-  return r != 0;
 }
 
 // Keeps the sorted list of active units in step with one unit switching on or off.

@@ -261,17 +261,24 @@ struct DenseBlock {
         const float step = steps[t * B + b0 + s];
         float* ps = &p[s * Cp];
         const float* ds = &dsign[s * Cp];
-        float* dst = opt.preserve_label || events != nullptr ? trial.data() : ps;  // in place when nothing checks
-        for (int64_t j = 0; j < C; ++j) dst[j] = std::min(std::max(ps[j] + step * (dz_sign * ds[j]), 0.f), 1.f);
-        if (dst != ps) {
-          if (opt.preserve_label && !argmax_is(dst, C, label[s])) continue;
-          if (events != nullptr) {
-            bool reached = false;
-            for (int64_t j = 0; j < C; ++j) reached |= dst[j] != ps[j] && (dst[j] == 0.f || dst[j] == 1.f);
-            events[s * 3 + 1] += reached;
-          }
+        // One vector pass over the padded row (pads stay 0: their direction is 0): the clipped step,
+        // and whether it took a component to a bound (counted when events are).
+        float* dst = opt.preserve_label ? trial.data() : ps;  // in place unless the step may be rejected
+        const vfloat sv = vbroadcast(step * dz_sign), zero = vbroadcast(0.f), one = vbroadcast(1.f);
+        vint reached = {};
+        for (int64_t j = 0; j < Cp; j += kVecWidth) {
+          const vfloat old = vload(ps + j);
+          vfloat next = old + sv * vload(ds + j);
+          next = next < zero ? zero : next;
+          next = next > one ? one : next;
+          reached |= (next != old) & ((next == zero) | (next == one));
+          vstore(dst + j, next);
+        }
+        if (opt.preserve_label) {
+          if (!argmax_is(dst, C, label[s])) continue;
           std::copy_n(dst, C, ps);
         }
+        if (events != nullptr) events[s * 3 + 1] += any_lane(reached);
       }
     }
   }

@@ -1,6 +1,7 @@
 // A float vector of the widest width the compiler targets (GCC/Clang vector extensions), so one
 // source serves SSE, AVX2 and AVX-512 builds.
 #pragma once
+#include <cstdint>
 #include <cstring>
 
 namespace mia_fast {
@@ -17,6 +18,7 @@ constexpr int kVecWidth = 4;
 #endif
 
 typedef float vfloat __attribute__((vector_size(kVecWidth * sizeof(float))));
+typedef int32_t vint __attribute__((vector_size(kVecWidth * sizeof(int32_t))));
 
 inline vfloat vload(const float* p) {
   vfloat v;
@@ -28,6 +30,14 @@ inline vfloat vbroadcast(float x) {
   vfloat v;
   for (int i = 0; i < kVecWidth; ++i) v[i] = x;
   return v;
+}
+// Whether any lane of a comparison mask is set: an OR over 64-bit words, not over lanes (a few instructions).
+inline bool any_lane(vint v) {
+  uint64_t words[kVecWidth / 2];
+  std::memcpy(words, &v, sizeof(v));
+  uint64_t r = 0;
+  for (int l = 0; l < kVecWidth / 2; ++l) r |= words[l];
+  return r != 0;
 }
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
