@@ -29,7 +29,7 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kRefreshEvery = 128;
-// A block whose samples changed a mask in at least kDenseShare of the first 8 or kProbe iterations
+// A block whose samples changed a mask in at least kDenseShare of the first 4, 8 or kProbe iterations
 // goes on in the dense loop from there: when nearly every step is an event, the corrections cost more than the blocked
 // dense forward pass (bench/README.md: C = 10-1000 at large eps change masks in 13-16 of the first 16
 // iterations and the event loop is 0.6-0.8x as fast; the benchmark's cases change them in at most 8).
@@ -636,7 +636,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> aeppt_events_cpu(
   const int64_t Cp = m.Cp, H1p = m.H1p, H2p = m.H2p;
   // Per block of kBlock samples, the first and the last forward pass run dense (as in the dense
   // kernel), everything in between in per-sample event loops, unless events are the rule in the
-  // block's first iterations (kDenseShare, checked after 8 and kProbe): then it goes on densely.
+  // block's first iterations (kDenseShare, checked after 4, 8 and kProbe): then it goes on densely.
   at::parallel_for(0, (B + kBlock - 1) / kBlock, 1, [&](int64_t begin, int64_t end) {
     std::vector<EventRunner> runners;
     for (int k = 0; k < kBlock; ++k) runners.emplace_back(m, d, opt);
@@ -653,7 +653,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> aeppt_events_cpu(
         runners[k].start(&p[k * Cp], label[k], &dense.a1[k * H1p], &dense.a2[k * H2p], dense.z[k], st + b0 + k, B, T,
                          si + b0 + k, &target[k]);
       int64_t dense_from = T;  // the iteration at which the block goes on densely (T: never)
-      for (int64_t probe = kProbe / 2; probe <= kProbe && probe < T && dense_from == T; probe *= 2) {
+      for (int64_t probe = kProbe / 4; probe <= kProbe && probe < T && dense_from == T; probe *= 2) {
         int64_t mask_events = 0;
         for (int k = 0; k < nvalid; ++k) {
           runners[k].advance(probe);
