@@ -142,7 +142,7 @@ def test_aeppt_refits_learn_from_defended_outputs(defender_data):
     than the first one, which AEPPT pushed across its own boundary."""
     from mia_fast.metrics import attack_metrics
     (m, ml, n, nl), _, _ = defender_data
-    params = {"eps": 5e-3, "iters": 50, "mim_epochs": 20}
+    params = {"eps": 5e-3, "iters": 50, "mim_epochs": 5}
     first = create_defense("aeppt", **params).fit(m, ml, n, nl, seed=0)
     refitted = create_defense("aeppt", refits=1, **params).fit(m, ml, n, nl, seed=0)
     again = create_defense("aeppt", refits=1, **params).fit(m, ml, n, nl, seed=0)
