@@ -128,6 +128,25 @@ def test_fitted_reference_attacks_score_a_record_whatever_is_scored_with_it(atta
     assert not np.allclose(apart, together[hard.numpy()])  # pooled over the call: only the hard records
 
 
+
+def test_fitted_pooled_variance_is_unbiased_with_few_out_shadows():
+    """Each record's mean costs one degree of freedom: with 6 shadows, about 3 of them OUT per known
+    record, dividing by the OUT count would put sigma near 0.85 for unit-variance shadows."""
+    g = torch.Generator().manual_seed(2)
+    k, n = 6, 2000
+    phi = torch.randn(n, generator=g)[None] * 3 + torch.randn(k, n, generator=g)
+    reference = _two_class(phi)
+    mask = torch.rand(k, n, generator=g) < 0.5
+    mask[0] = ~mask[1:].any(0) | mask[0]  # every record keeps at least one OUT shadow
+    labels = torch.zeros(n, dtype=torch.long)
+    served = _two_class(torch.zeros(n))
+    for attack in (LiRAOffline(), LabelLiRA()):
+        attack.fit(served[:1000], labels[:1000], served[1000:], labels[1000:], member_reference=reference[:, :1000],
+                   nonmember_reference=reference[:, 1000:], member_reference_mask=mask[:, :1000],
+                   nonmember_reference_mask=mask[:, 1000:])
+        assert 0.95 < attack.sigma < 1.05, (type(attack).__name__, attack.sigma)
+
+
 def test_per_class_networks_are_independent():
     net = PerClassMLP(3)
     probs = torch.softmax(torch.randn(5, 3), 1)

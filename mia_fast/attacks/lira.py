@@ -41,8 +41,8 @@ def out_gaussian(phi: Tensor, mask: Optional[Tensor], *, global_variance: bool, 
     count = mask.sum(0).double()
     mu = torch.where(mask, phi, 0.0).sum(0) / count
     dev2 = torch.where(mask, (phi - mu) ** 2, 0.0)
-    if global_variance:
-        var = (dev2.sum() / mask.sum().clamp_min(1)).expand_as(mu)
+    if global_variance:  # one degree of freedom per record goes to its mean
+        var = (dev2.sum() / (mask.sum() - (count > 0).sum()).clamp_min(1)).expand_as(mu)
     else:
         var = dev2.sum(0) / (count - 1).clamp_min(1)
     return mu, var.clamp_min(1e-8).sqrt()
@@ -89,12 +89,12 @@ class ReferenceGaussian(Attack):
                               for r, m in ((member_reference, member_reference_mask),
                                            (nonmember_reference, nonmember_reference_mask))], 1)
             keep = mask.any(0)  # a known record that trained every shadow has no OUT samples
-            if bool(keep.any()):
-                _, sigma = out_gaussian(
-                    self.statistic(torch.cat([member_reference, nonmember_reference], 1)[:, keep],
-                                   torch.cat([member_labels, nonmember_labels])[keep]),
-                    mask[:, keep], global_variance=True, attack=self.name)
-                self.sigma = float(sigma[0])
+            if not bool(keep.any()):
+                raise ValueError(f"{self.name}: no known record has a shadow model that did not train on it")
+            _, sigma = out_gaussian(self.statistic(torch.cat([member_reference, nonmember_reference], 1)[:, keep],
+                                                   torch.cat([member_labels, nonmember_labels])[keep]),
+                                    mask[:, keep], global_variance=True, attack=self.name)
+            self.sigma = float(sigma[0])
         self.threshold, _ = _best_threshold(
             scores_with_out(self, member_probs, member_labels, member_reference, member_reference_mask),
             scores_with_out(self, nonmember_probs, nonmember_labels, nonmember_reference, nonmember_reference_mask))

@@ -267,12 +267,7 @@ class AEPPT(OutputDefense):
 
     def _defend_fitting(self, probs: Tensor, generator: torch.Generator) -> Tensor:
         """The current substitute's answers on the defender's own outputs while fitting (never keyed)."""
-        if self.eps is None:
-            raise ValueError("aeppt: eps is not set (paper: 9e-4 CIFAR-100, 2e-5 Purchase-100)")
-        return aeppt(probs.float().contiguous(), self.substitute, self.eps, self.iters, generator=generator,
-                     preserve_label=self.preserve_label, stop_when_flipped=self.stop_when_flipped,
-                     renormalize=self.renormalize, chunk_size=self.chunk_size, check_inputs=False,
-                     precision=self.precision, algorithm=self.algorithm).adversarial
+        return self._run(probs.float(), generator, None).adversarial
 
     @property
     def num_classes(self):
@@ -286,14 +281,16 @@ class AEPPT(OutputDefense):
         mim.load_state_dict(state["weights"])
         self.substitute, self._fitted = mim.eval(), True
 
-    def _defend(self, probs, generator):
+    def _run(self, probs, generator, query_key) -> AEPPTResult:
         if self.eps is None:
             raise ValueError("aeppt: eps is not set (paper: 9e-4 CIFAR-100, 2e-5 Purchase-100)")
-        res = aeppt(probs.contiguous(), self.substitute, self.eps, self.iters, generator=generator,
-                    preserve_label=self.preserve_label, stop_when_flipped=self.stop_when_flipped,
-                    renormalize=self.renormalize, chunk_size=self.chunk_size, check_inputs=False,
-                    precision=self.precision, algorithm=self.algorithm,
-                    query_key=self.query_key if self.keyed else None)
+        return aeppt(probs.contiguous(), self.substitute, self.eps, self.iters, generator=generator,
+                     preserve_label=self.preserve_label, stop_when_flipped=self.stop_when_flipped,
+                     renormalize=self.renormalize, chunk_size=self.chunk_size, check_inputs=False,
+                     precision=self.precision, algorithm=self.algorithm, query_key=query_key)
+
+    def _defend(self, probs, generator):
+        res = self._run(probs, generator, self.query_key if self.keyed else None)
         return res.adversarial, {"decision_flipped": res.decision_flipped}
 
     @property

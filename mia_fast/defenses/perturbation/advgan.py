@@ -64,9 +64,10 @@ class AdvGAN(Generator):
     G's loss: label + ``gan_weight`` * LSGAN + ``hinge_weight`` * size hinge + ``evaluator_weight`` *
     softplus(g's membership logit). The K candidates of a record are x + t * G(x) for t evenly in
     [1, 1 + ``spread``], clipped to the data range. With ``snapshots`` S > 1 they come from the
-    generators after each of the last S epochs of training (the design note's reading: snapshots and
-    scalings), candidate q from snapshot q mod S (the newest first) at the (q div S)-th scaling of
-    ceil(K / S); S = 1 is the final generator alone."""
+    generators after each of the last S epochs of training, over all ``fit`` calls so far (the design
+    note's reading: snapshots and scalings): with s snapshots kept (s = S once S epochs have run),
+    candidate q comes from snapshot q mod s (the newest first) at the (q div s)-th of ceil(K / s)
+    scalings; S = 1 is the final generator alone."""
 
     name = "advgan"
     description = "AdvGAN with Bai et al.'s label-keeping, evaluator-fooling losses (Xiao et al. 2018)"
@@ -85,7 +86,7 @@ class AdvGAN(Generator):
 
     def _delta(self, x, net=None):
         """G(x) scaled so that its largest possible size is 2 R."""
-        return (net or self.g_net)(x) * (2 * self.radius / math.sqrt(x[0].numel()))
+        return (net if net is not None else self.g_net)(x) * (2 * self.radius / math.sqrt(x[0].numel()))
 
     def fit(self, simulator, evaluator, x, y, *, seed=0, progress=False):
         device = simulator.device
