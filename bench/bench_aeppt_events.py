@@ -1,8 +1,8 @@
-"""AEPPT on the CPU, four ways side by side: the eager autograd loop, the label-folded math in plain
-PyTorch, the dense fused kernel and the event-driven one, at B = 4096, T = 100, with the event
+"""AEPPT on the CPU (or a GPU), four ways side by side: the eager autograd loop, the label-folded math
+in plain PyTorch, the dense fused kernel and the event-driven one, at B = 4096, T = 100, with the event
 statistics of each case beside the times.
 
-    python bench/bench_aeppt_events.py [--run runs/location30] [--rounds 5] [--out F.json]
+    python bench/bench_aeppt_events.py [--run runs/location30] [--rounds 5] [--out F.json] [--device cuda]
 
 Cases: (a) the substitute MIM of a Location-30 run (the README's: --run, or trained here into a
 temporary directory with the README's configuration) at the run's eps, on the target's outputs for the
@@ -10,7 +10,9 @@ first 4,096 Location-30 records; (b) a default-initialised substitute with C = 1
 vectors at eps 9e-4 and 2e-5; (c) where nearly every iteration is an event (random substitutes at large
 eps), fused kernels only: the event loop hands such blocks to the dense loop after 8 or 16 iterations,
 and this measures what that costs. Each output is checked against the reference before anything is timed;
-times are the minimum over rounds, with the methods interleaved round by round.
+times are the minimum over rounds, with the methods interleaved round by round. With --device cuda (the
+CUDA event kernel: dense forward, backward only for samples whose masks changed) case (a) needs the
+Location-30 files or --run, and is left out without them.
 """
 from __future__ import annotations
 
@@ -76,9 +78,12 @@ def stress_cases():
         yield f"(c) random C={classes}, B={batch}", None, probs, eps, weights
 
 
-def measure(name, mim, probs, eps, rounds, weights=None):
+def measure(name, mim, probs, eps, rounds, weights=None, device="cpu"):
     weights = weights if weights is not None else mim.fold().weights()
     steps = torch.rand(T, probs.shape[0], generator=torch.Generator().manual_seed(2)) * eps
+    probs, steps, weights = probs.to(device), steps.to(device), [w.to(device) for w in weights]
+    mim = mim.to(device) if mim is not None else None
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     run = methods(mim, weights)
     reference = aeppt_reference(probs, *weights, steps)[0]
     for method, fn in run.items():
@@ -89,11 +94,13 @@ def measure(name, mim, probs, eps, rounds, weights=None):
         for method, fn in run.items():
             if r >= 2 and method.startswith(("eager", "label")):
                 continue  # seconds per call: two rounds are enough
+            sync()
             started = time.perf_counter()
             fn(probs, steps)
+            sync()
             times[method].append(time.perf_counter() - started)
-    events = ops.aeppt_with_events(probs, *weights, steps)[3].float()
-    counts = aeppt_event_counts(probs, *weights, steps).float()
+    events = ops.aeppt_with_events(probs, *weights, steps)[3].float().cpu()
+    counts = aeppt_event_counts(probs, *weights, steps).float().cpu()
     best = {m: min(t) for m, t in times.items()}
     return {
         "case": name, "classes": probs.shape[1], "eps": eps, "batch": probs.shape[0], "iters": T,
@@ -112,14 +119,19 @@ def main() -> None:
     parser.add_argument("--run", default=None, help="A Location-30 run directory (default: train one here).")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default=None, help="JSON results (default bench/aeppt_events_DATE.json).")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
-    mim, probs, eps, run_dir = location_case(args.run)
-    cases = [("(a) Location-30 substitute", mim, probs, eps), ("(b) random C=100", *random_case(9e-4)),
-             ("(b) random C=100", *random_case(2e-5)), *stress_cases()]
+    cases, run_dir = [], None
+    if args.run is not None or LOCATION_DIR.is_dir():
+        mim, probs, eps, run_dir = location_case(args.run)
+        cases.append(("(a) Location-30 substitute", mim, probs, eps))
+    else:
+        print(f"(a) left out: no --run and no Location-30 files in {LOCATION_DIR.resolve()}")
+    cases += [("(b) random C=100", *random_case(9e-4)), ("(b) random C=100", *random_case(2e-5)), *stress_cases()]
     results = []
     for case in cases:
         name, model, probs, eps, *weights = case
-        results.append(measure(name, model, probs, eps, args.rounds, *weights))
+        results.append(measure(name, model, probs, eps, args.rounds, *weights, device=args.device))
         r = results[-1]
         print(f"{r['case']}, eps {r['eps']:g}: " + ", ".join(f"{m} {s * 1e3:.1f} ms" for m, s in r["seconds"].items())
               + f"; events {r['speedup_events_vs_dense']:.2f}x dense", flush=True)
@@ -134,7 +146,9 @@ def main() -> None:
               f"(median {e['mask_change_iterations']['median']:.0f}) | {e['bound_iterations']['mean']:.1f} | "
               f"{e['exact_refreshes']['mean']:.2f} |")
     out = Path(args.out or Path(__file__).parent / f"aeppt_events_{date.today().isoformat()}.json")
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     out.write_text(json.dumps({"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+                               "device": device,
                                "threads": torch.get_num_threads(), "torch": torch.__version__,
                                "python": platform.python_version(), "location_run": run_dir, "results": results},
                               indent=2))

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One device call: build in place with CUDA, run the CUDA tests, then benchmark; every step runs even if
 # an earlier one failed (one call should bring back everything), and the exit status says whether all passed.
-# Logs and JSON land under $OUT: at most 8 files come back from a device call, so this script writes 6
-# (build.log, tests.log, bench.json, rank_order.json, sanitizer.log, ncu.txt), leaving room for the caller's log.
+# Logs and JSON land under $OUT: at most 8 files come back from a device call, so this script writes 7
+# (build.log, tests.log, bench.json, events.json, rank_order.json, sanitizer.log, ncu.txt), leaving room for
+# the caller's log.
 # PYTEST_ARGS, BENCH_ARGS: extra arguments;
 # SANITIZE=1: compute-sanitizer memcheck on small CUDA cases, and racecheck (shared-memory hazards inside
 # one barrier interval: the one class of bug the CPU emulator cannot see); PROFILE=1: Nsight Compute stalls.
@@ -24,6 +25,8 @@ python3 -m pytest -q -rfE --tb=short -n 0 tests/test_input_perturbation.py -k cu
 echo "tests: ${SECONDS} s"
 python3 bench/bench_aeppt_cuda.py ${BENCH_ARGS:-} --json "$OUT/bench.json" 2>&1 | tail -30 || status=1
 python3 bench/bench_rank_order.py --device cuda --json "$OUT/rank_order.json" 2>&1 | tail -8 || status=1
+# The event kernel (dense forward, backward only where masks changed) beside the dense one, cases (b) and (c).
+python3 bench/bench_aeppt_events.py --device cuda --rounds 5 --out "$OUT/events.json" 2>&1 | tail -12 || status=1
 echo "bench: ${SECONDS} s"
 if [ "${SANITIZE:-0}" = 1 ]; then
   timeout 80 compute-sanitizer --tool memcheck python3 -m pytest -v -n 0 tests/test_ops_cuda.py \

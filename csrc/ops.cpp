@@ -17,7 +17,8 @@ TORCH_LIBRARY(mia_fast, m) {
       "aeppt(Tensor probs, Tensor w_pred, Tensor b_pred, Tensor w_hidden, Tensor class_table, "
       "Tensor w_out, Tensor b_out, Tensor steps, bool preserve_label, bool stop_when_flipped, "
       "bool renormalize, str precision=\"fp32\") -> (Tensor, Tensor, Tensor)");
-  // The same loop, event-driven: incremental forward passes with exact low-rank corrections (fp32).
+  // The same loop, event-driven (fp32). CPU: incremental forward passes with exact low-rank corrections;
+  // CUDA: a dense forward pass, the backward pass only for samples whose ReLU masks changed.
   // events [B, 3] int32: iterations with a ReLU-mask change, iterations in which a component reached
   // a bound of [0, 1], exact refreshes.
   m.def(

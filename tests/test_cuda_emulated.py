@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from mia_fast import ops
-from mia_fast.ops.reference import select_within_distance_reference
-from mia_fast.testing import aeppt_case, random_folded_weights, random_probs
+from mia_fast.ops.reference import aeppt_event_counts, select_within_distance_reference
+from mia_fast.testing import aeppt_case, membership_records, random_folded_weights, random_probs
+from mia_fast.training import train_substitute
 
 import cuda_emulator
 
@@ -93,11 +94,75 @@ def test_result_does_not_depend_on_the_thread_schedule(emulator, order):
         assert torch.equal(a, b)
 
 
+# The event-driven kernel: a dense forward pass, the backward pass only for the samples whose masks changed,
+# compacted into the first columns. Bit for bit the dense kernel, and its counts are the reference's.
+EVENT_CASES = [(2, 33, 60, 1e-3), (10, 40, 40, 2e-2), (100, 37, 20, 9e-4), (100, 37, 20, 2e-5), (1000, 9, 6, 1e-3)]
+
+
+def _assert_events_kernel_is_dense_with_counts(emulator, probs, weights, steps, options, **plan):
+    dense = emulator.aeppt(probs, *weights, steps, *options, **plan)
+    events = emulator.aeppt(probs, *weights, steps, *options, events=True, **plan)
+    for a, b in zip(dense[:3], events[:3]):
+        assert torch.equal(a, b)
+    counts = events[4]
+    assert torch.equal(counts[:, 2], torch.zeros_like(counts[:, 2])), "no incremental state, no refreshes"
+    assert torch.equal(counts[:, :2], ops.aeppt_with_events(probs, *weights, steps, *options)[3][:, :2])
+    reference = aeppt_event_counts(probs, *weights, steps, *options)
+    assert float((counts[:, :2] == reference).all(1).float().mean()) >= 0.99
+    return events
+
+
+@pytest.mark.parametrize("classes,batch,iters,eps", EVENT_CASES)
+@pytest.mark.parametrize("options", [(False, False, False), (True, True, True)])
+def test_emulated_event_kernel_is_the_dense_kernel_and_counts_events(emulator, classes, batch, iters, eps, options):
+    probs, weights, steps = aeppt_case(classes, batch, iters, seed=classes + batch, eps=eps)
+    events = _assert_events_kernel_is_dense_with_counts(emulator, probs, weights, steps, options)
+    _assert_matches_cpu(events, ops.aeppt(probs, *weights, steps, *options))
+    if iters >= 20 and options == (False, False, False):
+        # Some samples skip the backward pass in some iterations, and some run it: both paths are taken.
+        assert 0 < float(events[4][:, 0].float().mean()) < iters
+
+
+def test_emulated_event_kernel_on_a_trained_substitute(emulator):
+    m, ml, n, nl = membership_records(150, seed=30, classes=30)
+    mim, _ = train_substitute(m, ml, n, nl, epochs=15, seed=30, progress=False)
+    probs = torch.cat([m, n])[::5].contiguous()
+    steps = torch.rand(40, len(probs), generator=torch.Generator().manual_seed(7)) * 2.5e-4
+    events = _assert_events_kernel_is_dense_with_counts(emulator, probs, mim.fold().weights(), steps,
+                                                        (False, False, False))
+    assert 0 < float(events[4][:, 0].float().mean()) < 20, "a trained substitute changes masks now and then"
+
+
+@pytest.mark.parametrize("tile", [8, 16, 32])
+@pytest.mark.parametrize("weights_in_smem", [True, False])
+def test_every_event_launch_plan_gives_the_same_result(emulator, tile, weights_in_smem):
+    probs, weights, steps = aeppt_case(30, 37, 12, seed=3, eps=5e-3)  # C = 30: every plan fits an H100
+    got = _assert_events_kernel_is_dense_with_counts(emulator, probs, weights, steps, (True, False, True), tile=tile,
+                                                     weights_in_smem=weights_in_smem)
+    assert got[3] == (tile, weights_in_smem)
+
+
+def test_event_kernel_does_not_depend_on_the_thread_schedule(emulator):
+    probs, weights, steps = aeppt_case(10, 40, 15, seed=4, eps=1e-2)
+    forward = emulator.aeppt(probs, *weights, steps, True, True, False, tile=16, events=True)
+    emulator.schedule("shuffled", seed=5)
+    try:
+        other = emulator.aeppt(probs, *weights, steps, True, True, False, tile=16, events=True)
+    finally:
+        emulator.schedule("forward")
+    for a, b in zip(forward[:3] + forward[4:], other[:3] + other[4:]):
+        assert torch.equal(a, b)
+
+
 def test_launch_plan_for_an_h100(emulator):
     assert emulator.plan(4096, 100) == (32, True)  # 128 blocks of 32 samples, weights in shared memory
     assert emulator.plan(40, 100) == (8, True)  # small batch: small tiles, more SMs busy
     assert emulator.plan(8, 1000) == (8, False)  # W_p of 1000 classes does not fit beside the tile state
     assert emulator.plan(4096, 100, tensor_cores=True) == (32, True)  # wider weight rows still fit
+    # The event kernel keeps its signs and masks beside the tile state: at C = 100, 32 samples and the
+    # weights no longer fit together (2.3 KB over), and weights in shared memory come first.
+    assert emulator.plan(4096, 100, events=True) == (16, True)
+    assert emulator.plan(4096, 30, events=True) == (32, True)
 
 
 def test_inputs_off_16_byte_alignment(emulator):
@@ -160,6 +225,8 @@ def test_emulator_catches_missing_barriers_and_divergent_warp_operations(emulato
         emulator.selftest("divergent_barrier")
     with pytest.raises(cuda_emulator.EmulatorError, match="deadlock"):
         emulator.selftest("warp_sum_lane_missing")
+    lanes = threads % 32
+    assert torch.equal(emulator.selftest("ballot"), 11 + 100 * (lanes % 3 == 0).int())
 
 
 @pytest.mark.parametrize("bug,message", [

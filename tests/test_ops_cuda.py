@@ -37,6 +37,38 @@ def test_cuda_equals_cpu_and_writes_every_element(classes, batch, options):
     _assert_close_to_cpu(gpu, cpu)
 
 
+@pytest.mark.parametrize("classes,batch,eps", [(2, 33, 1e-3), (10, 100, 2e-2), (100, 4097, 9e-4), (1000, 45, 1e-3)])
+@pytest.mark.parametrize("options", [(False, False, False), (True, True, True)])
+def test_cuda_event_kernel_is_the_dense_kernel_with_counts(classes, batch, eps, options):
+    # The event kernel's forward pass is dense and its backward pass the dense kernel's per sample, so
+    # its outputs are the dense kernel's bit for bit, and its counts are the CPU op's.
+    probs, weights, steps = aeppt_case(classes, batch, 100, seed=classes + batch, eps=eps)
+    args = [t.cuda() for t in (probs, *weights, steps)]
+    dense = ops.aeppt(*args, *options, algorithm="dense")
+    _poison_allocator()
+    events = ops.aeppt_with_events(*args, *options)
+    torch.cuda.synchronize()
+    for a, b in zip(dense, events[:3]):
+        assert torch.equal(a, b)
+    cpu_counts = ops.aeppt_with_events(probs, *weights, steps, *options)[3]
+    assert float((events[3].cpu()[:, :2] == cpu_counts[:, :2]).all(1).float().mean()) >= 0.99
+    assert not bool(events[3][:, 2].any()), "no incremental state, no refreshes"
+
+
+def test_opcheck_cuda_ops():
+    g = torch.Generator().manual_seed(0)
+    for classes, batch, iters, options in [(10, 9, 3, (True, False, True)), (100, 6, 5, (True, True, True)),
+                                           (10, 0, 4, (False, False, False))]:
+        probs, weights, steps = aeppt_case(classes, batch, iters, seed=classes + batch)
+        args = (*[t.cuda() for t in (probs, *weights, steps)], *options)
+        torch.library.opcheck(torch.ops.mia_fast.aeppt.default, (*args, "fp32"))
+        torch.library.opcheck(torch.ops.mia_fast.aeppt_events.default, args)
+    originals = torch.rand(5, 8, generator=g)
+    candidates = originals[:, None] + 0.1 * torch.randn(5, 3, 8, generator=g)
+    torch.library.opcheck(torch.ops.mia_fast.select_within_distance.default,
+                          (originals.cuda(), candidates.cuda(), torch.rand(5, 3, generator=g).cuda(), 1.0, None, False))
+
+
 @pytest.mark.parametrize("classes,batch", [(10, 100), (100, 4097), (1000, 45)])
 def test_tensor_cores_match_fp32_cpu(classes, batch):
     probs, weights, steps = aeppt_case(classes, batch, 100, seed=classes + batch + 1)

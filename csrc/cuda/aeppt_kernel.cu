@@ -2,6 +2,14 @@
 // One block owns a tile of TB samples and runs all T iterations; the tile's state (p, h1, the
 // backward vectors and the gradient signs) lives in shared memory, and so do the weights when they fit
 // beside it (C <= ~100 at TB = 32), else they are read through L1/L2.
+//
+// The event-driven variant (kEvents) keeps the forward pass dense and makes the backward pass
+// event-driven: sign(grad) depends only on the ReLU masks (../shared/design/aeppt-math.md), so only the
+// samples whose masks changed since their last backward pass run it, compacted into the first columns
+// of the tile. The CPU op's incremental forward pass does not pay here: its events diverge per sample,
+// and a 32-sample tile almost never has an iteration without one, while the dense forward pass of a
+// tile is a few shared-memory GEMMs. Its results are bit for bit the dense kernel's (every column of a
+// product is summed in the same order whichever column it sits in).
 // Every sum runs in the same order as the CPU kernel (bias first, then k = 0, 1, ... with FMA), so
 // CPU and CUDA agree except for the last bits of the output logit. The opt-in tensor-core variant
 // (kTensorCores, 3xTF32) runs the same phases with the products on mma.sync; its sums are the
@@ -33,9 +41,17 @@ struct TileSmem {
   int* label;     // [TB]
   float* target;  // [TB]
   int* active;    // [TB]
+  // Event-driven kernel only (else null):
+  uint32_t* masks;  // [TB][mask_words] the ReLU masks m1, m2 of each sample's latest forward pass, as bits
+  int* need;        // [TB] whether the sample runs the backward pass this iteration
+  int* order;       // [TB] those samples, ascending: the compacted columns of the backward pass
+  int* count;       // [1]  how many
 };
 
 __host__ __device__ inline size_t align16(size_t n) { return (n + 15) / 16 * 16; }
+
+// 32-bit words of one sample's masks: m1 (H1 bits), then m2 (H2 bits).
+__host__ __device__ inline int mask_words(int h1, int h2) { return (h1 + 31) / 32 + (h2 + 31) / 32; }
 
 // Row stride of the [rows][TB] state arrays: 4 floats of padding keep every row 16-byte aligned (4
 // samples are one float4 load) and spread a warp that walks rows (one per lane: epilogues, per-sample
@@ -57,9 +73,10 @@ __host__ __device__ inline int smem_ld(int h1, bool tensor_cores) {
 }
 
 // Layout of the dynamic shared memory; with `weights`, one copy of W_p^T [C][ld] and W_a [H2][ld]
-// follows the tile state. Returns the bytes used.
+// follows the tile state. `events`: the event-driven kernel's state too, and dsign in its own array (it
+// must outlive the next forward pass). Returns the bytes used.
 __host__ __device__ inline size_t smem_layout(int tb, int c, int h1, int h2, bool weights, bool tensor_cores,
-                                              TileSmem* s, char* base, float** wp_t = nullptr,
+                                              bool events, TileSmem* s, char* base, float** wp_t = nullptr,
                                               float** wa = nullptr) {
   size_t off = 0;
   auto take = [&](size_t bytes) { char* p = base + off; off += align16(bytes); return p; };
@@ -68,11 +85,18 @@ __host__ __device__ inline size_t smem_layout(int tb, int c, int h1, int h2, boo
   char* hh = take(sizeof(float) * h1 * ld);
   char* a2 = take(sizeof(float) * h2 * ld);
   char* g1 = hh;
-  char* ds = c <= 4 * h2 ? a2 : take(c * ld);
+  char* ds = c <= 4 * h2 && !events ? a2 : take(c * ld);
   char* st = take(sizeof(float) * tb);
   char* lb = take(sizeof(int) * tb);
   char* tg = take(sizeof(float) * tb);
   char* ac = take(sizeof(int) * tb);
+  char *mk = nullptr, *nd = nullptr, *od = nullptr, *ct = nullptr;
+  if (events) {
+    mk = take(sizeof(uint32_t) * tb * mask_words(h1, h2));
+    nd = take(sizeof(int) * tb);
+    od = take(sizeof(int) * tb);
+    ct = take(sizeof(int));
+  }
   if (weights) {
     char* w1 = take(sizeof(float) * c * smem_ld(h1, tensor_cores));
     char* w2 = take(sizeof(float) * h2 * smem_ld(h1, tensor_cores));
@@ -80,8 +104,8 @@ __host__ __device__ inline size_t smem_layout(int tb, int c, int h1, int h2, boo
     if (wa != nullptr) *wa = (float*)w2;
   }
   if (s != nullptr) {
-    *s = TileSmem{(float*)p, (float*)hh, (float*)a2, (float*)g1, (signed char*)ds, (float*)st, (int*)lb, (float*)tg,
-                  (int*)ac};
+    *s = TileSmem{(float*)p,  (float*)hh, (float*)a2,   (float*)g1, (signed char*)ds, (float*)st, (int*)lb,
+                  (float*)tg, (int*)ac,   (uint32_t*)mk, (int*)nd,  (int*)od,         (int*)ct};
   }
   return off;
 }
@@ -110,16 +134,18 @@ struct Views {
 
 __device__ inline float sigmoidf(float z) { return 1.f / (1.f + expf(-z)); }
 
-// out[n][s] = init(n, s) + sum_k W(k, n) * A[k][s] for n < n_out and the TB samples of the tile, A in
-// shared memory as [K][TB]. A warp owns 32 * RU outputs (lane + 32 r) of one group of G samples: per k
-// it reads RU conflict-free weights and the G samples as G / 4 broadcast 16-byte loads, for G * RU
-// FMAs. Each output is summed as init, then k = 0, 1, ... with FMA: the same order as the CPU kernel.
+// out[n][s] = init(n, s) + sum_k W(k, n) * A[k][s] for n < n_out and the first n_samples samples of the
+// tile (rounded up to whole groups: the epilogue skips the rest), A in shared memory as [K][TB]. A warp
+// owns 32 * RU outputs (lane + 32 r) of one group of G samples: per k it reads RU conflict-free weights
+// and the G samples as G / 4 broadcast 16-byte loads, for G * RU FMAs. Each output is summed as init,
+// then k = 0, 1, ... with FMA: the same order as the CPU kernel, whatever column the sample sits in.
 template <int TB, int RU, int G, bool kStepK1, class Init, class Epilogue>
-__device__ void tile_gemm(int n_out, int n_k, const View<kStepK1> W, const float* A, Init init, Epilogue epilogue) {
+__device__ void tile_gemm(int n_out, int n_k, const View<kStepK1> W, const float* A, Init init, Epilogue epilogue,
+                          int n_samples) {
   static_assert(G == 4 || G == 8, "a sample group is one or two float4");
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int columns = (n_out + 32 * RU - 1) / (32 * RU);
-  const int items = columns * (TB / G);
+  const int items = columns * ((n_samples + G - 1) / G);
   const int k_step = W.k_step();
   for (int item = warp; item < items; item += kWarps) {
     const int n0 = (item % columns) * 32 * RU + lane, s0 = (item / columns) * G;
@@ -205,11 +231,12 @@ struct Flag {
 // hardware's order: results differ from tile_gemm in the last bits. A warp owns MT tiles of 16
 // outputs by NT tiles of 8 samples; k runs in steps of 8, zero-padded past n_k.
 template <int TB, int MT, int NT, bool kStepK1, class Init, class Epilogue>
-__device__ void tile_mma(int n_out, int n_k, const View<kStepK1> W, const float* A, Init init, Epilogue epilogue) {
+__device__ void tile_mma(int n_out, int n_k, const View<kStepK1> W, const float* A, Init init, Epilogue epilogue,
+                         int n_samples) {
   static_assert(TB % (8 * NT) == 0, "sample tiles must cover the tile");
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
   const int columns = (n_out + 16 * MT - 1) / (16 * MT);
-  const int items = columns * (TB / (8 * NT));
+  const int items = columns * ((n_samples + 8 * NT - 1) / (8 * NT));
   const int k_step = W.k_step();
   for (int item = warp; item < items; item += kWarps) {
     const int n0 = (item % columns) * 16 * MT, s0 = (item / columns) * 8 * NT;
@@ -283,11 +310,12 @@ __device__ void tile_mma(int n_out, int n_k, const View<kStepK1> W, const float*
 // groups of 4 samples so that all 8 warps get an item (tensor cores: 1 x TB / 16 tiles); the C-wide
 // last one takes groups of 8 (C = 100: 2 * 4 items; tensor cores: 7 items of 1 x TB / 8 tiles).
 template <int TB, bool kTensorCores, int RU, int G, int MT, int NT, class V, class Init, class Epilogue>
-__device__ void tile_product(int n_out, int n_k, const V W, const float* A, Init init, Epilogue epilogue) {
+__device__ void tile_product(int n_out, int n_k, const V W, const float* A, Init init, Epilogue epilogue,
+                             int n_samples = TB) {
   if constexpr (kTensorCores) {
-    tile_mma<TB, MT, NT>(n_out, n_k, W, A, init, epilogue);
+    tile_mma<TB, MT, NT>(n_out, n_k, W, A, init, epilogue, n_samples);
   } else {
-    tile_gemm<TB, RU, G>(n_out, n_k, W, A, init, epilogue);
+    tile_gemm<TB, RU, G>(n_out, n_k, W, A, init, epilogue, n_samples);
   }
 }
 
@@ -307,20 +335,53 @@ __device__ void forward_layer2(const FoldedWeights& w, const V W, const TileSmem
       [&](int o, int q, float a) { s.a2[at<TB>(o, q)] = a; });
 }
 
-// g1[i][s] = 1[h1 > 0] * sum_o W_a[o][i] g2[o][s]  (written over h1: each entry by the thread that read it)
-template <int TB, bool kTensorCores, class V>
-__device__ void backward_layer2(const FoldedWeights& w, const V W, const TileSmem& s) {
+// g1[i][s] = 1[h1 > 0] * sum_o W_a[o][i] g2[o][s]  (written over h1: each entry by the thread that read it).
+// kEvents: for the n compacted columns (sample order[s]), with m1 from the mask bits (h1 is not read).
+template <int TB, bool kTensorCores, bool kEvents, class V>
+__device__ void backward_layer2(const FoldedWeights& w, const V W, const TileSmem& s, int n = TB) {
+  const int words = mask_words(w.hidden1, w.hidden2);
   tile_product<TB, kTensorCores, TB / 8, 8, 2, TB / 8>(
       w.hidden1, w.hidden2, W, s.a2, [](int, int) { return 0.f; },
-      [&](int i, int q, float a) { s.g1[at<TB>(i, q)] = s.h1[at<TB>(i, q)] > 0.f ? a : 0.f; });
+      [&](int i, int q, float a) {
+        if constexpr (kEvents) {
+          if (q < n) s.g1[at<TB>(i, q)] = (s.masks[s.order[q] * words + i / 32] >> (i % 32)) & 1u ? a : 0.f;
+        } else {
+          s.g1[at<TB>(i, q)] = s.h1[at<TB>(i, q)] > 0.f ? a : 0.f;
+        }
+      },
+      n);
 }
 
-// dsign[j][s] = sign(sum_i W_p[i][j] g1[i][s])
-template <int TB, bool kTensorCores, class V>
-__device__ void backward_layer1(const FoldedWeights& w, const V W, const TileSmem& s) {
+// dsign[j][s] = sign(sum_i W_p[i][j] g1[i][s]); kEvents: column s of the n compacted ones is sample order[s].
+template <int TB, bool kTensorCores, bool kEvents, class V>
+__device__ void backward_layer1(const FoldedWeights& w, const V W, const TileSmem& s, int n = TB) {
   tile_product<TB, kTensorCores, 2, 8, 1, TB / 8>(
       w.classes, w.hidden1, W, s.g1, [](int, int) { return 0.f; },
-      [&](int j, int q, float a) { s.dsign[at<TB>(j, q)] = (signed char)((a > 0.f) - (a < 0.f)); });
+      [&](int j, int q, float a) {
+        if (kEvents && q >= n) return;
+        s.dsign[at<TB>(j, kEvents ? s.order[q] : q)] = (signed char)((a > 0.f) - (a < 0.f));
+      },
+      n);
+}
+
+// Event-driven kernel: sample q's masks m1 = 1[h1 > 0], m2 = 1[a2 > 0] of this forward pass into its mask
+// words; returns (to every lane) whether they differ from the words there before.
+template <int TB>
+__device__ bool update_masks(const FoldedWeights& w, const TileSmem& s, int q, int lane) {
+  const int words1 = (w.hidden1 + 31) / 32, words = mask_words(w.hidden1, w.hidden2);
+  uint32_t* mine = s.masks + q * words;
+  bool differ = false;
+  for (int k = 0; k < words; ++k) {
+    const int unit = (k < words1 ? k : k - words1) * 32 + lane;
+    const bool on = k < words1 ? unit < w.hidden1 && s.h1[at<TB>(unit, q)] > 0.f
+                               : unit < w.hidden2 && s.a2[at<TB>(unit, q)] > 0.f;
+    const uint32_t bits = __ballot_sync(0xffffffffu, on);
+    if (lane == k % 32) {
+      differ |= mine[k] != bits;
+      mine[k] = bits;
+    }
+  }
+  return __ballot_sync(0xffffffffu, differ) != 0;
 }
 
 // Logit z = b3 + sum_o relu(a2[o]) w3[o] of sample q, reduced by one warp (all lanes get it).
@@ -358,11 +419,13 @@ __device__ __forceinline__ float stepped(const TileSmem& s, int j, int q, float 
   return fminf(fmaxf(s.p[at<TB>(j, q)] + step * (float)s.dsign[at<TB>(j, q)], 0.f), 1.f);
 }
 
-template <int TB, bool kSmemWeights, bool kTensorCores>
+template <int TB, bool kSmemWeights, bool kTensorCores, bool kEvents>
 __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptArgs a) {
+  static_assert(!(kEvents && kTensorCores), "the event-driven kernel runs in fp32");
   TileSmem s;
   float *wp_s = nullptr, *wa_s = nullptr;
-  smem_layout(TB, w.classes, w.hidden1, w.hidden2, kSmemWeights, kTensorCores, &s, dynamic_smem, &wp_s, &wa_s);
+  smem_layout(TB, w.classes, w.hidden1, w.hidden2, kSmemWeights, kTensorCores, kEvents, &s, dynamic_smem, &wp_s,
+              &wa_s);
   Views<kSmemWeights> v;
   if constexpr (kSmemWeights) {
     const int ld = smem_ld(w.hidden1, kTensorCores);
@@ -394,7 +457,8 @@ __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptA
   }
   __syncthreads();
 
-  const int passes = a.iters > 0 ? a.iters : 1;
+  // The event-driven kernel runs one more forward pass, on p_T, to count its mask change.
+  const int passes = kEvents ? a.iters + 1 : (a.iters > 0 ? a.iters : 1);
   for (int t = 0; t < passes; ++t) {
     // This iteration's random steps, fetched now so their latency hides behind layer 1.
     if (threadIdx.x < TB) s.step[threadIdx.x] = t < a.iters && threadIdx.x < nvalid
@@ -406,7 +470,10 @@ __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptA
     for (int q = warp; q < TB; q += kWarps) {
       const float sig = sigmoidf(warp_logit<TB>(w, s, q, lane));
       __syncwarp();
+      bool changed = false;
+      if constexpr (kEvents) changed = update_masks<TB>(w, s, q, lane);
       float step = 0.f;
+      bool need = false;
       if (q < nvalid) {
         if (t == 0 && lane == 0) {
           a.score_in[b0 + q] = sig;
@@ -415,27 +482,65 @@ __global__ void __launch_bounds__(kThreads) aeppt_kernel(FoldedWeights w, AepptA
         __syncwarp();
         const float target = s.target[q];
         bool active = s.active[q] != 0;
+        // Counted for every sample still running, as the CPU op counts (before the flip test).
+        if (kEvents && t > 0 && active && changed && lane == 0) ++a.events[(b0 + q) * 3];
         if (active && a.stop_when_flipped && (sig >= 0.5f ? 1.f : 0.f) != target) active = false;
         const float dz_sign = (float)((sig > target) - (sig < target));
         if (active && t < a.iters) step = s.step[q] * dz_sign;
+        // Masks of a running sample are stored every iteration, so its signs are stale exactly when
+        // they changed.
+        need = active && t < a.iters && (t == 0 || changed);
         __syncwarp();
         if (lane == 0) s.active[q] = active;
       }
-      if (lane == 0) s.step[q] = step;
+      if (lane == 0) {
+        s.step[q] = step;
+        if constexpr (kEvents) s.need[q] = need;
+      }
       for (int o = lane; o < w.hidden2; o += 32) s.a2[at<TB>(o, q)] = s.a2[at<TB>(o, q)] > 0.f ? w.w3[o] : 0.f;
     }
     __syncthreads();
     if (t >= a.iters) break;
-    backward_layer2<TB, kTensorCores>(w, v.back2, s);
-    __syncthreads();
-    backward_layer1<TB, kTensorCores>(w, v.back1, s);
-    __syncthreads();
+    if constexpr (kEvents) {
+      // The samples that need the backward pass, in order, then their columns of g2 moved to the front
+      // (in place: column order[r] >= r is not overwritten before it is read).
+      if (warp == 0) {
+        const bool need = lane < TB && s.need[lane] != 0;
+        const uint32_t bits = __ballot_sync(0xffffffffu, need);
+        if (need) s.order[__popc(bits & ((1u << lane) - 1u))] = lane;
+        if (lane == 0) *s.count = __popc(bits);
+      }
+      __syncthreads();
+      const int n = *s.count;
+      if (n > 0) {
+        for (int o = threadIdx.x; o < w.hidden2; o += kThreads)
+          for (int r = 0; r < n; ++r) s.a2[at<TB>(o, r)] = s.a2[at<TB>(o, s.order[r])];
+        __syncthreads();
+        backward_layer2<TB, false, true>(w, v.back2, s, n);
+        __syncthreads();
+        backward_layer1<TB, false, true>(w, v.back1, s, n);
+        __syncthreads();
+      }
+    } else {
+      backward_layer2<TB, kTensorCores, false>(w, v.back2, s);
+      __syncthreads();
+      backward_layer1<TB, kTensorCores, false>(w, v.back1, s);
+      __syncthreads();
+    }
     for (int q = warp; q < TB; q += kWarps) {
       const float step = s.step[q];
       if (step == 0.f) continue;  // inactive, padding, or sigmoid(z) == Y exactly
       if (a.preserve_label &&
           warp_argmax(C, lane, [&](int j) { return stepped<TB>(s, j, q, step); }) != s.label[q]) continue;
-      for (int j = lane; j < C; j += 32) s.p[at<TB>(j, q)] = stepped<TB>(s, j, q, step);
+      bool reached = false;  // a component taken to a bound of [0, 1] by this step
+      for (int j = lane; j < C; j += 32) {
+        const float old = s.p[at<TB>(j, q)], next = stepped<TB>(s, j, q, step);
+        reached |= next != old && (next == 0.f || next == 1.f);
+        s.p[at<TB>(j, q)] = next;
+      }
+      if constexpr (kEvents) {
+        if (__ballot_sync(0xffffffffu, reached) != 0 && lane == 0) ++a.events[(b0 + q) * 3 + 1];
+      }
     }
     __syncthreads();
   }
@@ -528,31 +633,33 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectArgs a) {
 
 }  // namespace
 
-size_t aeppt_smem_bytes(int tile, int classes, int hidden1, int hidden2, bool weights, bool tensor_cores) {
-  return smem_layout(tile, classes, hidden1, hidden2, weights, tensor_cores, nullptr, nullptr);
+size_t aeppt_smem_bytes(int tile, int classes, int hidden1, int hidden2, bool weights, bool tensor_cores,
+                        bool events) {
+  return smem_layout(tile, classes, hidden1, hidden2, weights, tensor_cores, events, nullptr, nullptr);
 }
 
 AepptPlan aeppt_plan(int64_t batch, int classes, int hidden1, int hidden2, bool tensor_cores, size_t smem_limit,
-                     int multiprocessors) {
+                     int multiprocessors, bool events) {
   // Weights in shared memory first (no L2 traffic in the loop); 32-sample tiles reuse each weight
   // read most, unless that leaves SMs idle at this batch size.
+  auto fits = [&](int tb, bool weights) {
+    return aeppt_smem_bytes(tb, classes, hidden1, hidden2, weights, tensor_cores, events) <= smem_limit;
+  };
   for (bool weights : {true, false}) {
     for (int tb : {32, 16, 8}) {
-      if (aeppt_smem_bytes(tb, classes, hidden1, hidden2, weights, tensor_cores) > smem_limit) continue;
+      if (!fits(tb, weights)) continue;
       if (tb > 8 && (batch + tb - 1) / tb < multiprocessors / 2) continue;
-      return AepptPlan{tb, weights, tensor_cores};
+      return AepptPlan{tb, weights, tensor_cores, events};
     }
-    if (aeppt_smem_bytes(8, classes, hidden1, hidden2, weights, tensor_cores) <= smem_limit) {
-      return AepptPlan{8, weights, tensor_cores};
-    }
+    if (fits(8, weights)) return AepptPlan{8, weights, tensor_cores, events};
   }
-  return AepptPlan{0, false, tensor_cores};
+  return AepptPlan{0, false, tensor_cores, events};
 }
 
-template <int TB, bool kSmemWeights, bool kTensorCores>
+template <int TB, bool kSmemWeights, bool kTensorCores, bool kEvents>
 static cudaError_t launch_tile(const FoldedWeights& w, const AepptArgs& a, cudaStream_t stream) {
-  const size_t smem = aeppt_smem_bytes(TB, w.classes, w.hidden1, w.hidden2, kSmemWeights, kTensorCores);
-  auto* kernel = aeppt_kernel<TB, kSmemWeights, kTensorCores>;
+  const size_t smem = aeppt_smem_bytes(TB, w.classes, w.hidden1, w.hidden2, kSmemWeights, kTensorCores, kEvents);
+  auto* kernel = aeppt_kernel<TB, kSmemWeights, kTensorCores, kEvents>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   if (err != cudaSuccess) return err;
   return launch(kernel, dim3((unsigned)((a.batch + TB - 1) / TB)), dim3(kThreads), smem, stream, w, a);
@@ -560,14 +667,22 @@ static cudaError_t launch_tile(const FoldedWeights& w, const AepptArgs& a, cudaS
 
 template <int TB>
 static cudaError_t launch_tile(const FoldedWeights& w, const AepptArgs& a, AepptPlan plan, cudaStream_t stream) {
-  if (plan.weights_in_smem) {
-    return plan.tensor_cores ? launch_tile<TB, true, true>(w, a, stream) : launch_tile<TB, true, false>(w, a, stream);
+  if (plan.events) {
+    return plan.weights_in_smem ? launch_tile<TB, true, false, true>(w, a, stream)
+                                : launch_tile<TB, false, false, true>(w, a, stream);
   }
-  return plan.tensor_cores ? launch_tile<TB, false, true>(w, a, stream) : launch_tile<TB, false, false>(w, a, stream);
+  if (plan.weights_in_smem) {
+    return plan.tensor_cores ? launch_tile<TB, true, true, false>(w, a, stream)
+                             : launch_tile<TB, true, false, false>(w, a, stream);
+  }
+  return plan.tensor_cores ? launch_tile<TB, false, true, false>(w, a, stream)
+                           : launch_tile<TB, false, false, false>(w, a, stream);
 }
 
 cudaError_t launch_aeppt(const FoldedWeights& w, const AepptArgs& a, AepptPlan plan, cudaStream_t stream) {
   if (a.batch == 0) return cudaSuccess;
+  // The event-driven kernel is fp32 only, and counts into a.events.
+  if (plan.events != (a.events != nullptr) || (plan.events && plan.tensor_cores)) return cudaErrorInvalidValue;
   switch (plan.tile) {
     case 32: return launch_tile<32>(w, a, plan, stream);
     case 16: return launch_tile<16>(w, a, plan, stream);

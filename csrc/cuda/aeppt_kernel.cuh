@@ -29,19 +29,26 @@ struct AepptArgs {
   int64_t batch;
   int iters;
   bool preserve_label, stop_when_flipped, renormalize;
+  // [B][3], zeroed: the event-driven kernel counts, per sample, the iterations whose step changed a ReLU
+  // mask and those whose step took a component to a bound (the third column, exact refreshes, stays 0:
+  // its forward passes are exact). Null: the dense kernel.
+  int32_t* events = nullptr;
 };
 
 // How a launch is laid out: samples per block, whether the weights are copied to shared memory, and
 // whether the products run on the tensor cores in 3xTF32 (sm_80 and later) or on the FMA units in fp32.
+// events: the event-driven kernel (fp32 only), which needs more shared memory per sample.
 struct AepptPlan {
   int tile;  // 32, 16 or 8; 0 when nothing fits
   bool weights_in_smem;
   bool tensor_cores;
+  bool events = false;
 };
 // Shared memory one block needs (bytes).
-size_t aeppt_smem_bytes(int tile, int classes, int hidden1, int hidden2, bool weights, bool tensor_cores);
+size_t aeppt_smem_bytes(int tile, int classes, int hidden1, int hidden2, bool weights, bool tensor_cores,
+                        bool events = false);
 AepptPlan aeppt_plan(int64_t batch, int classes, int hidden1, int hidden2, bool tensor_cores, size_t smem_limit,
-                     int multiprocessors);
+                     int multiprocessors, bool events = false);
 cudaError_t launch_aeppt(const FoldedWeights& w, const AepptArgs& a, AepptPlan plan, cudaStream_t stream);
 
 struct SelectArgs {

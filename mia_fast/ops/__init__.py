@@ -60,14 +60,16 @@ def check_precision(precision: str) -> None:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
-#: Algorithms of `aeppt`: "events" (incremental forward passes, exact low-rank corrections on every
-#: event) and "dense" (a full forward pass every iteration). Same results up to float32 rounding.
+#: Algorithms of `aeppt`: "events" (pay only for what changes between iterations: on CPU incremental
+#: forward passes with exact low-rank corrections on every event, same results up to float32 rounding; on
+#: CUDA a dense forward pass and the backward pass only for samples whose ReLU masks changed, bit for bit
+#: the dense kernel) and "dense" (a full forward and backward pass every iteration).
 ALGORITHMS = ("events", "dense")
 
 
 def default_algorithm(device: torch.device | str) -> str:
-    """"events" on CPU, where it is measured faster (bench/README.md); "dense" on CUDA, the only
-    CUDA kernel."""
+    """"events" on CPU, where it is measured faster (bench/README.md); "dense" on CUDA, where the
+    event-driven kernel has not been timed on a GPU yet (it is tested only on the CPU emulator)."""
     return "dense" if torch.device(device).type == "cuda" else "events"
 
 
@@ -118,7 +120,7 @@ def aeppt_with_events(probs: Tensor, w_pred: Tensor, b_pred: Tensor, w_hidden: T
     """The event-driven AEPPT op: `aeppt`'s three outputs and ``events`` [B, 3] int32 per sample:
     iterations whose step changed a ReLU mask of the substitute, iterations whose step brought a moving
     component to a bound of [0, 1] (both as `reference.aeppt_event_counts` defines them), and exact
-    refreshes of the incremental state (0 in the reference)."""
+    refreshes of the incremental state (0 in the reference and on CUDA, whose forward passes are exact)."""
     args = (probs, w_pred, b_pred, w_hidden, class_table, w_out, b_out, steps,
             preserve_label, stop_when_flipped, renormalize)
     if probs.device.type == "cuda" and not has_cuda_event_kernels():

@@ -62,9 +62,9 @@ class Emulator:
         self._lib.cuda_emulator_schedule(ctypes.c_int(ORDERS[order]), ctypes.c_uint32(seed))
 
     def plan(self, batch: int, classes: int, hidden1: int = 256, hidden2: int = 64, *,
-             tensor_cores: bool = False) -> Tuple[int, bool]:
+             tensor_cores: bool = False, events: bool = False) -> Tuple[int, bool]:
         """`aeppt_plan` for an H100: (samples per block, weights in shared memory)."""
-        plan = (ctypes.c_int * 3)(0, 0, int(tensor_cores))
+        plan = (ctypes.c_int * 4)(0, 0, int(tensor_cores), int(events))
         self._lib.cuda_emulator_plan(ctypes.c_int64(batch), classes, hidden1, hidden2,
                                      ctypes.c_size_t(H100_SHARED_OPTIN), H100_SMS, plan)
         return plan[0], bool(plan[1])
@@ -72,11 +72,11 @@ class Emulator:
     def aeppt(self, probs: Tensor, w_pred: Tensor, b_pred: Tensor, w_hidden: Tensor, class_table: Tensor,
               w_out: Tensor, b_out: Tensor, steps: Tensor, preserve_label: bool = False,
               stop_when_flipped: bool = False, renormalize: bool = False, *, tensor_cores: bool = False,
-              tile: int = 0, weights_in_smem: bool = True,
-              misalign: int = 0) -> Tuple[Tensor, Tensor, Tensor, Tuple[int, bool]]:
+              tile: int = 0, weights_in_smem: bool = True, misalign: int = 0,
+              events: bool = False) -> Tuple[Tensor, ...]:
         """`launch_aeppt` on CPU tensors, with the glue of aeppt_cuda.cpp; tile 0 lets `aeppt_plan` choose
         (for an H100); inputs sit `misalign` bytes off 16-byte alignment. Returns (adv, score_in, score_out,
-        (tile, weights_in_smem))."""
+        (tile, weights_in_smem)), and with `events` (the event-driven kernel) its event counts [B, 3] last."""
         probs, steps = probs.contiguous(), steps.contiguous()
         batch, classes = probs.shape
         hidden1, hidden2 = w_pred.shape[0], w_hidden.shape[0]
@@ -86,20 +86,22 @@ class Emulator:
         adv = torch.full_like(probs, float("nan"))  # poisoned: every element must be written
         score_in, score_out = torch.full((batch,), float("nan")), torch.full((batch,), float("nan"))
         pointers = (ctypes.c_void_p * 8)(*[t.data_ptr() for t in weights])
-        plan = (ctypes.c_int * 3)(tile, int(weights_in_smem), int(tensor_cores))
+        plan = (ctypes.c_int * 4)(tile, int(weights_in_smem), int(tensor_cores), int(events))
+        counts = torch.zeros(batch, 3, dtype=torch.int32) if events else None  # zeroed, as the glue does
         self._check(self._lib.cuda_emulator_aeppt(
             pointers, classes, hidden1, hidden2, _ptr(probs), _ptr(steps), _ptr(adv),
-            _ptr(score_in), _ptr(score_out), ctypes.c_int64(batch), steps.shape[0], int(preserve_label),
-            int(stop_when_flipped), int(renormalize), plan, ctypes.c_size_t(H100_SHARED_OPTIN), H100_SMS,
-            ctypes.c_size_t(misalign)))
-        return adv, score_in, score_out, (plan[0], bool(plan[1]))
+            _ptr(score_in), _ptr(score_out), _ptr(counts), ctypes.c_int64(batch), steps.shape[0],
+            int(preserve_label), int(stop_when_flipped), int(renormalize), plan,
+            ctypes.c_size_t(H100_SHARED_OPTIN), H100_SMS, ctypes.c_size_t(misalign)))
+        out = (adv, score_in, score_out, (plan[0], bool(plan[1])))
+        return out + (counts,) if events else out
 
     def selftest(self, kernel: str, threads: int = 64) -> Tensor:
         """Runs one of selftest.cpp's buggy or correct kernels; returns its int output per thread."""
         out = torch.full((threads,), -1, dtype=torch.int32)
         names = ["neighbour_no_barrier", "neighbour", "divergent_barrier", "warp_sum", "warp_sum_lane_missing",
                  "copy", "write_past_end", "read_past_end", "write_to_input", "misaligned_float4",
-                 "shared_write_past_end", "shared_read_past_end"]
+                 "shared_write_past_end", "shared_read_past_end", "ballot"]
         self._check(self._lib.cuda_emulator_selftest(names.index(kernel), _ptr(out), threads))
         return out
 

@@ -23,21 +23,23 @@ void cuda_emulator_schedule(int order, uint32_t seed) {
   cuda_emulator::launch_state().seed = seed;
 }
 
-// `plan` = {tile, weights_in_smem, tensor_cores}: tensor_cores in, the rest chosen by aeppt_plan.
+// `plan` = {tile, weights_in_smem, tensor_cores, events}: tensor_cores and events in, the rest chosen by
+// aeppt_plan.
 void cuda_emulator_plan(int64_t batch, int classes, int hidden1, int hidden2, size_t smem_limit, int multiprocessors,
                         int* plan) {
-  const AepptPlan chosen = aeppt_plan(batch, classes, hidden1, hidden2, plan[2] != 0, smem_limit, multiprocessors);
+  const AepptPlan chosen =
+      aeppt_plan(batch, classes, hidden1, hidden2, plan[2] != 0, smem_limit, multiprocessors, plan[3] != 0);
   plan[0] = chosen.tile;
   plan[1] = chosen.weights_in_smem;
 }
 
-// `plan` = {tile, weights_in_smem, tensor_cores}: as given when tile > 0, else tile and weights_in_smem
-// chosen by aeppt_plan and written back.
-// `weights` as FoldedWeights lists them.
+// `plan` = {tile, weights_in_smem, tensor_cores, events}: as given when tile > 0, else tile and
+// weights_in_smem chosen by aeppt_plan and written back. `weights` as FoldedWeights lists them; `events`
+// [B][3] (zeroed) runs the event-driven kernel, null the dense one.
 int cuda_emulator_aeppt(const float* const* weights, int classes, int hidden1, int hidden2, const float* probs,
-                        const float* steps, float* adv, float* score_in, float* score_out, int64_t batch, int iters,
-                        int preserve_label, int stop_when_flipped, int renormalize, int* plan, size_t smem_limit,
-                        int multiprocessors, size_t misalign) {
+                        const float* steps, float* adv, float* score_in, float* score_out, int32_t* events,
+                        int64_t batch, int iters, int preserve_label, int stop_when_flipped, int renormalize, int* plan,
+                        size_t smem_limit, int multiprocessors, size_t misalign) {
   const size_t c = classes, h1 = hidden1, h2 = hidden2, b = batch;
   DeviceMemory m(misalign);
   const FoldedWeights w{m.input("wp_t", weights[0], c * h1), m.input("wp", weights[1], h1 * c),
@@ -47,9 +49,11 @@ int cuda_emulator_aeppt(const float* const* weights, int classes, int hidden1, i
   const AepptArgs a{m.input("probs", probs, b * c), m.input("steps", steps, (size_t)iters * b),
                     m.output("adv", adv, b * c), m.output("score_in", score_in, b),
                     m.output("score_out", score_out, b), batch, iters, preserve_label != 0,
-                    stop_when_flipped != 0, renormalize != 0};
+                    stop_when_flipped != 0, renormalize != 0,
+                    events != nullptr ? m.output("events", events, b * 3) : nullptr};
+  plan[3] = events != nullptr;
   if (plan[0] <= 0) cuda_emulator_plan(batch, classes, hidden1, hidden2, smem_limit, multiprocessors, plan);
-  return m.finish(launch_aeppt(w, a, AepptPlan{plan[0], plan[1] != 0, plan[2] != 0}, nullptr));
+  return m.finish(launch_aeppt(w, a, AepptPlan{plan[0], plan[1] != 0, plan[2] != 0, plan[3] != 0}, nullptr));
 }
 
 int cuda_emulator_select(const float* originals, const float* candidates, const float* losses, const bool* valid,

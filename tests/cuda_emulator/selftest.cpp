@@ -31,6 +31,12 @@ __global__ void warp_sum(int* out, bool diverge) {
   out[threadIdx.x] = v;
 }
 
+// Votes of the lanes divisible by 3: how many voted, plus 100 where this lane's bit is set.
+__global__ void ballot(int* out) {
+  const unsigned lane = threadIdx.x % 32, bits = __ballot_sync(0xffffffffu, lane % 3 == 0);
+  out[threadIdx.x] = __popc(bits) + 100 * (int)((bits >> lane) & 1u);
+}
+
 // Memory bugs, one per `bug`: 0 none (out[i] = in[i]), 1 the last thread also writes one past the end of
 // `out`, 2 reads one past the end of `in`, 3 writes to the input, 4 a float4 load off 16-byte alignment,
 // 5 writes one int past the launch's shared memory, 6 reads a page past it.
@@ -53,7 +59,7 @@ extern "C" {
 
 // kernel: 0 neighbour without barrier, 1 neighbour with barrier, 2 divergent barrier, 3 warp sum,
 // 4 warp sum with a lane missing, 5 + bug: `memory` with that bug (on `out` and an input of
-// 0, 1, ... in device memory). One block of `threads`.
+// 0, 1, ... in device memory), 12 ballot. One block of `threads`.
 int cuda_emulator_selftest(int kernel, int* out, int threads) {
   using namespace selftest;
   const dim3 grid(1), block((unsigned)threads);
@@ -65,6 +71,7 @@ int cuda_emulator_selftest(int kernel, int* out, int threads) {
     case 2: return cudaLaunchKernel(divergent_barrier, grid, block, args, 0, nullptr);
     case 3:
     case 4: return cudaLaunchKernel(warp_sum, grid, block, args, 0, nullptr);
+    case 12: return cudaLaunchKernel(ballot, grid, block, args, 0, nullptr);
     default: break;
   }
   if (kernel > 11) return cudaErrorInvalidValue;

@@ -235,6 +235,23 @@ T shuffle(unsigned mask, T value, Source source, const char* op) {
   return out;
 }
 
+// Bit k set when lane k's predicate is true, for every lane of the warp.
+inline unsigned ballot(unsigned mask, int predicate) {
+  Launch& l = launch_state();
+  const int lane = linear(l.current->index) % 32;
+  Warp& w = l.warps[linear(l.current->index) / 32];
+  const uint64_t mine = predicate != 0;
+  memcpy(&w.slots[w.generation & 1][lane], &mine, sizeof mine);
+  const unsigned generation = warp_arrive(mask, "__ballot_sync");
+  unsigned bits = 0;
+  for (int k = 0; k < 32; ++k) {
+    uint64_t v;
+    memcpy(&v, &w.slots[generation & 1][k], sizeof v);
+    bits |= unsigned(v != 0) << k;
+  }
+  return bits;
+}
+
 template <class T>
 inline T checked_load(const T* p, const char* op) {
   // The hardware needs natural alignment for a load of sizeof(T) bytes (a float4 needs 16).
@@ -480,6 +497,8 @@ template <class T>
 T __shfl_sync(unsigned mask, T v, int src_lane) {
   return cuda_emulator::shuffle(mask, v, [=](int) { return src_lane; }, "__shfl_sync");
 }
+inline unsigned __ballot_sync(unsigned mask, int predicate) { return cuda_emulator::ballot(mask, predicate); }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline unsigned __float_as_uint(float x) {
   unsigned u;
   memcpy(&u, &x, sizeof u);
