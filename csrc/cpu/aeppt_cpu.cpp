@@ -21,29 +21,11 @@ namespace {
 
 void run_blocks(const PackedMim& m, const float* probs, const float* steps, int64_t B, int64_t T, AepptOptions opt,
                 float* adv_out, float* score_in, float* score_out) {
-  const int64_t nblocks = (B + kBlock - 1) / kBlock;
-  const int64_t C = m.C, Cp = m.Cp;
-  at::parallel_for(0, nblocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, (B + kBlock - 1) / kBlock, 1, [&](int64_t begin, int64_t end) {
     DenseBlock dense(m);
-    std::vector<float> p(kBlock * Cp);
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t b0 = blk * kBlock;
-      const int nvalid = int(std::min<int64_t>(kBlock, B - b0));
-      int64_t label[kBlock] = {0};
-      float target[kBlock] = {0};
-      bool active[kBlock];
-      load_block(probs, C, Cp, b0, nvalid, p.data(), label);
-      // The first pass scores p_0 and fixes Y; iteration 0 reuses it.
-      dense.forward(p.data(), label);
-      for (int s = 0; s < kBlock; ++s) {
-        active[s] = s < nvalid;
-        if (s >= nvalid) continue;
-        score_in[b0 + s] = sigmoid(dense.z[s]);
-        target[s] = score_in[b0 + s] >= 0.5f ? 1.f : 0.f;
-      }
-      dense.iterate(p.data(), label, target, active, nvalid, 0, T, steps, B, b0, opt, true, nullptr);
-      finish_block(dense, p.data(), label, nvalid, C, opt, adv_out + b0 * C, score_out + b0);
-    }
+    std::vector<float> p(kBlock * m.Cp);
+    for (int64_t blk = begin; blk < end; ++blk)
+      run_dense_block(dense, p.data(), probs, steps, B, T, blk * kBlock, opt, adv_out, score_in, score_out, nullptr);
   });
 }
 

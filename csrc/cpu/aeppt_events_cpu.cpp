@@ -652,46 +652,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> aeppt_events_cpu(
   // Per block of kBlock samples, the first and the last forward pass run dense (as in the dense
   // kernel), everything in between in per-sample event loops, unless events are the rule in the
   // block's first iterations (kDenseShare, checked after 4, 8 and kProbe): then it goes on densely.
-  // dense_only: the dense loop from the start. Returns the iteration at which the block went on
-  // densely (T: never).
-  auto run_block = [&](Worker& wk, int64_t blk, bool dense_only) -> int64_t {
+  // Returns the iteration at which the block went on densely (T: never).
+  auto run_event_block = [&](Worker& wk, int64_t blk) -> int64_t {
     DenseBlock& dense = wk.dense;
     float* p = wk.p.data();
     const int64_t b0 = blk * kBlock;
     const int nvalid = int(std::min<int64_t>(kBlock, B - b0));
     int64_t label[kBlock] = {0};
     float target[kBlock] = {0};
-    bool active[kBlock] = {false, false, false, false, false};
     load_block(pp, C, Cp, b0, nvalid, p, label);
     dense.forward(p, label);
-    int64_t dense_from = 0;
-    if (dense_only) {
+    for (int k = 0; k < nvalid; ++k)
+      wk.runners[k].start(&p[k * Cp], label[k], &dense.a1[k * H1p], &dense.a2[k * H2p], dense.z[k], st + b0 + k, B, T,
+                          si + b0 + k, &target[k]);
+    int64_t dense_from = T;
+    for (int64_t probe = kProbe / 4; probe <= kProbe && probe < T && dense_from == T; probe *= 2) {
+      int64_t mask_events = 0;
       for (int k = 0; k < nvalid; ++k) {
-        active[k] = true;
-        si[b0 + k] = sigmoid(dense.z[k]);
-        target[k] = si[b0 + k] >= 0.5f ? 1.f : 0.f;
+        wk.runners[k].advance(probe);
+        mask_events += wk.runners[k].mask_events();
       }
-    } else {
-      for (int k = 0; k < nvalid; ++k)
-        wk.runners[k].start(&p[k * Cp], label[k], &dense.a1[k * H1p], &dense.a2[k * H2p], dense.z[k], st + b0 + k, B,
-                            T, si + b0 + k, &target[k]);
-      dense_from = T;
-      for (int64_t probe = kProbe / 4; probe <= kProbe && probe < T && dense_from == T; probe *= 2) {
-        int64_t mask_events = 0;
-        for (int k = 0; k < nvalid; ++k) {
-          wk.runners[k].advance(probe);
-          mask_events += wk.runners[k].mask_events();
-        }
-        if (double(mask_events) >= kDenseShare * double(probe * nvalid)) dense_from = probe;
-      }
-      for (int k = 0; k < nvalid; ++k) {
-        if (dense_from == T) wk.runners[k].advance(T);
-        active[k] = wk.runners[k].position() < T;  // handed over, not stopped
-        wk.runners[k].finish(&p[k * Cp], ev + (b0 + k) * 3);
-      }
+      if (double(mask_events) >= kDenseShare * double(probe * nvalid)) dense_from = probe;
+    }
+    bool active[kBlock] = {false, false, false, false, false};
+    for (int k = 0; k < nvalid; ++k) {
+      if (dense_from == T) wk.runners[k].advance(T);
+      active[k] = wk.runners[k].position() < T;  // handed over, not stopped
+      wk.runners[k].finish(&p[k * Cp], ev + (b0 + k) * 3);
     }
     if (dense_from < T)
-      dense.iterate(p, label, target, active, nvalid, dense_from, T, st, B, b0, opt, dense_only, ev + b0 * 3);
+      dense.iterate(p, label, target, active, nvalid, dense_from, T, st, B, b0, opt, false, ev + b0 * 3);
     finish_block(dense, p, label, nvalid, C, opt, ap + b0 * C, so + b0);
     return dense_from;
   };
@@ -705,13 +695,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> aeppt_events_cpu(
   std::atomic<int64_t> early{0};  // pilots that handed over at the first probe
   at::parallel_for(0, int64_t(pilots.size()), 1, [&](int64_t begin, int64_t end) {
     Worker wk(m, d, opt);
-    for (int64_t i = begin; i < end; ++i) early += run_block(wk, pilots[i], false) == kProbe / 4;
+    for (int64_t i = begin; i < end; ++i) early += run_event_block(wk, pilots[i]) == kProbe / 4;
   });
   const bool dense_only = !pilots.empty() && early.load() == int64_t(pilots.size());
   at::parallel_for(0, nblocks, 1, [&](int64_t begin, int64_t end) {
     Worker wk(m, d, opt);
-    for (int64_t blk = begin; blk < end; ++blk)
-      if (!is_pilot[blk]) run_block(wk, blk, dense_only);
+    for (int64_t blk = begin; blk < end; ++blk) {
+      if (is_pilot[blk]) continue;
+      if (dense_only) {  // the dense kernel's loop from the start, counting events
+        run_dense_block(wk.dense, wk.p.data(), pp, st, B, T, blk * kBlock, opt, ap, si, so, ev);
+      } else {
+        run_event_block(wk, blk);
+      }
+    }
   });
   return {adv, score_in, score_out, events};
 }

@@ -295,5 +295,29 @@ inline void finish_block(DenseBlock& dense, float* p, const int64_t* label, int 
   for (int s = 0; s < nvalid; ++s) score_out[s] = sigmoid(dense.z[s]);
 }
 
+// Block b0 of the batch by the dense loop from the start: the first pass scores p_0 and fixes Y
+// (iteration 0 reuses it), then the T iterations, counting events when `events` ([B][3]) is given, and
+// the block's outputs. p: the block's [kBlock][Cp] buffer.
+inline void run_dense_block(DenseBlock& dense, float* p, const float* probs, const float* steps, int64_t B,
+                            int64_t T, int64_t b0, AepptOptions opt, float* adv, float* score_in, float* score_out,
+                            int32_t* events) {
+  const int64_t C = dense.m.C;
+  const int nvalid = int(std::min<int64_t>(kBlock, B - b0));
+  int64_t label[kBlock] = {0};
+  float target[kBlock] = {0};
+  bool active[kBlock];
+  load_block(probs, C, dense.m.Cp, b0, nvalid, p, label);
+  dense.forward(p, label);
+  for (int s = 0; s < kBlock; ++s) {
+    active[s] = s < nvalid;
+    if (s >= nvalid) continue;
+    score_in[b0 + s] = sigmoid(dense.z[s]);
+    target[s] = score_in[b0 + s] >= 0.5f ? 1.f : 0.f;
+  }
+  dense.iterate(p, label, target, active, nvalid, 0, T, steps, B, b0, opt, true,
+                events != nullptr ? events + b0 * 3 : nullptr);
+  finish_block(dense, p, label, nvalid, C, opt, adv + b0 * C, score_out + b0);
+}
+
 }  // namespace cpu
 }  // namespace mia_fast
