@@ -138,21 +138,27 @@ inline void gather_chunk(const int32_t* idx, int64_t n, const float* coef, const
   for (int v = 0; v < kChunk; ++v) vstore(out + c0 + v * kVecWidth, acc[v]);
 }
 
-// out[0:width] = sum_q coef[idx[q]] * w[idx[q]][0:width] (width a multiple of kVecWidth), in column
-// chunks of up to 8 vectors so that narrow widths still keep several independent accumulators. The
-// order over q is the same for every column.
+// Accumulator vectors per pass of `gather_rows`: AVX-512 has 32 vector registers, the others 16.
+constexpr int kMaxChunk = kVecWidth == 16 ? 16 : 8;
+
+// The last `nvec` (< kMaxChunk) vectors of a row in one pass.
+template <int kChunk>
+inline void gather_rest(int64_t nvec, const int32_t* idx, int64_t n, const float* coef, const float* w, int64_t width,
+                        int64_t c0, float* out) {
+  if constexpr (kChunk > 0) {
+    if (nvec == kChunk) return gather_chunk<kChunk>(idx, n, coef, w, width, c0, out);
+    gather_rest<kChunk - 1>(nvec, idx, n, coef, w, width, c0, out);
+  }
+}
+
+// out[0:width] = sum_q coef[idx[q]] * w[idx[q]][0:width] (width a multiple of kVecWidth), in passes of
+// up to kMaxChunk vectors (one pass for every row width here on AVX-512: each pass re-reads the index
+// list). The order over q is the same for every column.
 inline void gather_rows(const int32_t* idx, int64_t n, const float* coef, const float* w, int64_t width, float* out) {
   int64_t c0 = 0;
-  for (; width - c0 >= 8 * kVecWidth; c0 += 8 * kVecWidth) gather_chunk<8>(idx, n, coef, w, width, c0, out);
-  if (width - c0 >= 4 * kVecWidth) {
-    gather_chunk<4>(idx, n, coef, w, width, c0, out);
-    c0 += 4 * kVecWidth;
-  }
-  if (width - c0 >= 2 * kVecWidth) {
-    gather_chunk<2>(idx, n, coef, w, width, c0, out);
-    c0 += 2 * kVecWidth;
-  }
-  if (width - c0 >= kVecWidth) gather_chunk<1>(idx, n, coef, w, width, c0, out);
+  for (; width - c0 >= kMaxChunk * kVecWidth; c0 += kMaxChunk * kVecWidth)
+    gather_chunk<kMaxChunk>(idx, n, coef, w, width, c0, out);
+  gather_rest<kMaxChunk - 1>((width - c0) / kVecWidth, idx, n, coef, w, width, c0, out);
 }
 
 // torch.argmax semantics: the first index of the maximum.
