@@ -78,15 +78,20 @@ inline vfloat vabs(vfloat v) {
   typedef uint32_t vuint __attribute__((vector_size(kVecWidth * sizeof(uint32_t))));
   return (vfloat)((vuint)v & 0x7fffffffu);
 }
+// Largest and smallest lane, by halving (exact in any order; a chain over the lanes is 15 dependent steps).
 inline float hmax(vfloat v) {
-  float r = v[0];
-  for (int l = 1; l < kVecWidth; ++l) r = std::max(r, v[l]);
-  return r;
+  float r[kVecWidth];
+  std::memcpy(r, &v, sizeof(v));
+  for (int half = kVecWidth / 2; half > 0; half /= 2)
+    for (int l = 0; l < half; ++l) r[l] = r[l + half] > r[l] ? r[l + half] : r[l];
+  return r[0];
 }
 inline float hmin(vfloat v) {
-  float r = v[0];
-  for (int l = 1; l < kVecWidth; ++l) r = std::min(r, v[l]);
-  return r;
+  float r[kVecWidth];
+  std::memcpy(r, &v, sizeof(v));
+  for (int half = kVecWidth / 2; half > 0; half /= 2)
+    for (int l = 0; l < half; ++l) r[l] = r[l + half] < r[l] ? r[l + half] : r[l];
+  return r[0];
 }
 // max |x[0:n]| (n a multiple of kVecWidth; pads are 0).
 inline float abs_max(const float* x, int64_t n) {
@@ -124,16 +129,12 @@ inline void switch_unit(int32_t* list, int64_t* n, int32_t unit, bool on) {
   }
 }
 // Positions i < n (a multiple of kVecWidth) where x and mask (1 = positive) disagree on the sign of x,
-// into idx; returns how many. Changes are rare, so whole vectors are tested first.
+// into idx; returns how many.
 inline int64_t sign_changes(const float* x, const float* mask, int64_t n, int32_t* idx) {
   const vfloat zero = vbroadcast(0.f);
   int64_t count = 0;
-  for (int64_t i = 0; i < n; i += kVecWidth) {
-    const vint d = (vload(x + i) > zero) != (vload(mask + i) > zero);
-    if (!any_lane(d)) continue;
-    for (int l = 0; l < kVecWidth; ++l)
-      if (d[l] != 0) idx[count++] = int32_t(i + l);
-  }
+  for (int64_t i = 0; i < n; i += kVecWidth)
+    append_set_lanes(lane_bits((vload(x + i) > zero) != (vload(mask + i) > zero)), int32_t(i), idx, &count);
   return count;
 }
 inline float sign_of(float x) { return float((x > 0.f) - (x < 0.f)); }
@@ -149,25 +150,27 @@ inline void axpy(float* y, float a, const float* x, int64_t n) {
 inline bool stuck(float p, float dir) { return dir == 0.f || (dir > 0.f && p >= 1.f) || (dir < 0.f && p <= 0.f); }
 
 // x[0:n] += s * y (+ extra when given). Returns whether a real entry (index < n_real; the rest are
-// pads) is within `bound` of 0, and whether an entry's sign now differs from mask (1 = positive); n is a
-// multiple of kVecWidth. Both are OR-reductions, so the loop has no long dependency chain.
+// pads) is within `bound` of 0, and how many entries' signs now differ from mask (1 = positive), their
+// positions into flipped; n is a multiple of kVecWidth.
 struct Scan {
-  bool near_zero, flips;
+  bool near_zero;
+  int64_t flips;
 };
 Scan step_and_scan(float* x, const float* y, float s, const float* extra, const float* mask, int64_t n,
-                   int64_t n_real, float bound) {
+                   int64_t n_real, float bound, int32_t* flipped) {
   const vfloat zero = vbroadcast(0.f), sv = vbroadcast(s), bv = vbroadcast(bound);
-  vint near = {}, flips = {}, lane;
+  vint near = {}, lane;
   for (int l = 0; l < kVecWidth; ++l) lane[l] = l;
   const vint limit = lane - lane + int32_t(n_real);
+  int64_t flips = 0;
   for (int64_t i = 0; i < n; i += kVecWidth, lane += kVecWidth) {
     vfloat xv = vload(x + i) + sv * vload(y + i);
     if (extra != nullptr) xv += vload(extra + i);
     vstore(x + i, xv);
     near |= (vabs(xv) <= bv) & (lane < limit);
-    flips |= (xv > zero) != (vload(mask + i) > zero);
+    append_set_lanes(lane_bits((xv > zero) != (vload(mask + i) > zero)), int32_t(i), flipped, &flips);
   }
-  return Scan{any_lane(near), any_lane(flips)};
+  return Scan{any_lane(near), flips};
 }
 
 // out_a = sum_q xa[idx[q]] w[idx[q]], out_b = sum_q xb[idx[q]] w[idx[q]] in one pass over the rows.
@@ -239,6 +242,7 @@ class EventRunner {
     t_ = 0;
     counted_ = false;
     mask_events_ = bound_events_ = refreshes_ = 0;
+    track_maxima();  // the first segment's limits (later ones take the maxima their predecessor ended with)
     begin_segment();
   }
 
@@ -290,26 +294,33 @@ class EventRunner {
       const bool periodic = (t + 1) % kRefreshEvery == 0 && t + 1 < T_;
       if (!reaches_bound && !periodic && pending_ + s < horizon_ && e1_ < e1_limit_ && e2_ < e2_limit_) {
         // Inside the segment no unit can reach 0: a1, a2 and z move linearly, applied when it ends.
-        std::copy(trial_.begin(), trial_.end(), p_.begin());
+        p_.swap(trial_);  // trial is rewritten whole by the next proposal
         pending_ += s;
         continue;
       }
       const int64_t nbound = reaches_bound ? take_bounds(s) : 0;
-      std::copy(trial_.begin(), trial_.end(), p_.begin());
+      p_.swap(trial_);
       const float moved = pending_ + s;
       const Scan s1 = step_and_scan(a1_.data(), u_.data(), moved, nbound > 0 ? col_.data() : nullptr, m1_.data(),
-                                    m_.H1p, m_.H1, e1_);
-      const Scan s2 = step_and_scan(a2_.data(), w_.data(), moved, nullptr, m2_.data(), m_.H2p, m_.H2, e2_);
+                                    m_.H1p, m_.H1, e1_, flip1_.data());
+      const Scan s2 = step_and_scan(a2_.data(), w_.data(), moved, nullptr, m2_.data(), m_.H2p, m_.H2, e2_,
+                                    flip2_.data());
       pending_ = 0.f;
       if (nbound > 0) {
         // a2 += W_a (m1 * residual columns); the stuck columns leave u and w (m1 as before this step).
-        gather_rows_pair(act1_.data(), n1_, col_.data(), col2_.data(), m_.wa_t.data(), m_.H2p, tmp_.data(),
-                         tmp2_.data());
-        axpy(a2_.data(), 1.f, tmp_.data(), m_.H2p);
+        // One component (the usual case): both are multiples of W_a (m1 * its column), one product.
+        if (nbound == 1) {
+          gather_rows(act1_.data(), n1_, col2_.data(), m_.wa_t.data(), m_.H2p, tmp2_.data());
+          const int32_t j = idx_[0];
+          axpy(a2_.data(), coef_[j] * dir_[j], tmp2_.data(), m_.H2p);  // col = coef_j * dir_j * col2
+        } else {
+          gather_rows_pair(act1_.data(), n1_, col_.data(), col2_.data(), m_.wa_t.data(), m_.H2p, tmp_.data(),
+                           tmp2_.data());
+          axpy(a2_.data(), 1.f, tmp_.data(), m_.H2p);
+        }
         axpy(w_.data(), -1.f, tmp2_.data(), m_.H2p);
         axpy(u_.data(), -1.f, col2_.data(), m_.H1p);
         e2_ += kUlp * d_.wa_rows * abs_max(col_.data(), m_.H1p);
-        track_maxima();
         eu_ += kUlp * float(nbound) * d_.wp_max;
         ew_ += kUlp * float(nbound) * d_.wa_rows * d_.wp_max;
         ++bound_events_;
@@ -319,24 +330,20 @@ class EventRunner {
         continue;
       }
       // Units of m1 that flipped: a2 and w gain or lose their column of W_a.
-      int64_t nflip1 = 0;
-      if (s1.flips) {
-        nflip1 = sign_changes(a1_.data(), m1_.data(), m_.H1p, flip1_.data());
-        for (int64_t q = 0; q < nflip1; ++q) {
-          const int64_t i = flip1_[q];
-          const float sgn = a1_[i] > 0.f ? 1.f : -1.f;
-          const float* col = &m_.wa_t[i * m_.H2p];
-          axpy(a2_.data(), sgn * a1_[i], col, m_.H2p);
-          axpy(w_.data(), sgn * u_[i], col, m_.H2p);
-          e2_ += d_.wa_max * (e1_ + kUlp * std::fabs(a1_[i]));
-          ew_ += kUlp * std::fabs(u_[i]) * d_.wa_max;
-        }
+      const int64_t nflip1 = s1.flips;
+      for (int64_t q = 0; q < nflip1; ++q) {
+        const int64_t i = flip1_[q];
+        const float sgn = a1_[i] > 0.f ? 1.f : -1.f;
+        const float* col = &m_.wa_t[i * m_.H2p];
+        axpy(a2_.data(), sgn * a1_[i], col, m_.H2p);
+        axpy(w_.data(), sgn * u_[i], col, m_.H2p);
+        e2_ += d_.wa_max * (e1_ + kUlp * std::fabs(a1_[i]));
+        ew_ += kUlp * std::fabs(u_[i]) * d_.wa_max;
       }
-      bool flips2 = s2.flips, near2 = s2.near_zero;
+      bool flips2 = s2.flips > 0, near2 = s2.near_zero;
       if (nbound > 0 || nflip1 > 0) {  // a2 changed after its scan
         flips2 = sign_changes(a2_.data(), m2_.data(), m_.H2p, flip2_.data()) > 0;
         near2 = abs_min(a2_.data(), m_.H2p, m_.H2) <= e2_;
-        track_maxima();
       }
       if (near2) {
         refresh(false);
@@ -349,7 +356,7 @@ class EventRunner {
         counted = true;
       }
       if (periodic) {
-        refresh(counted);
+        refresh(counted, true);
       } else {
         begin_segment();
       }
@@ -382,29 +389,37 @@ class EventRunner {
     for (int64_t o = 0; o < m_.H2p; o += kVecWidth) slope += vload(&m2_[o]) * vload(&m_.w3[o]) * vload(&w_[o]);
     z_slope_ = 0.f;
     for (int l = 0; l < kVecWidth; ++l) z_slope_ += slope[l];
+    // The limits take the maxima as they were (any slack is valid: the horizon keeps every unit farther
+    // than its limit from 0); the maxima for the drift of this segment's steps come from the same pass.
     e1_limit_ = e1_ + kSegmentSlack * kUlp * (a1_max_ + d_.wp_max);
     e2_limit_ = e2_ + kSegmentSlack * kUlp * (a2_max_ + d_.wa_rows * d_.wp_max);
-    horizon_ = std::min(horizon(a1_.data(), u_.data(), m_.H1p, m_.H1, e1_limit_),
-                        horizon(a2_.data(), w_.data(), m_.H2p, m_.H2, e2_limit_));
+    horizon_ = std::min(horizon(a1_.data(), u_.data(), m_.H1p, m_.H1, e1_limit_, &a1_max_, &u_max_),
+                        horizon(a2_.data(), w_.data(), m_.H2p, m_.H2, e2_limit_, &a2_max_, &w_max_));
   }
 
   // min over entries with x * y < 0 of (|x| - guard) / |y|: how far x can move along y before an entry
-  // comes within guard of 0 (0 when one is there already, infinity when none heads for 0). n is a
-  // multiple of kVecWidth; entries from n_real on are pads.
-  static float horizon(const float* x, const float* y, int64_t n, int64_t n_real, float guard) {
+  // comes within guard of 0 (0 when one is there already, infinity when none heads for 0); and, from the
+  // same pass, max |x| and max |y| into *x_max, *y_max. n is a multiple of kVecWidth; entries from
+  // n_real on are pads (0).
+  static float horizon(const float* x, const float* y, int64_t n, int64_t n_real, float guard, float* x_max,
+                       float* y_max) {
     const vfloat zero = vbroadcast(0.f), inf = vbroadcast(INFINITY), g = vbroadcast(guard);
-    vfloat h = inf;
+    vfloat h = inf, xm = zero, ym = zero;
     vint there = {}, lane;
     for (int l = 0; l < kVecWidth; ++l) lane[l] = l;
     const vint limit = lane - lane + int32_t(n_real);
     for (int64_t i = 0; i < n; i += kVecWidth, lane += kVecWidth) {
-      const vfloat xv = vload(x + i), yv = vload(y + i);
+      const vfloat xv = vload(x + i), yv = vload(y + i), xa = vabs(xv), ya = vabs(yv);
+      xm = xa > xm ? xa : xm;
+      ym = ya > ym ? ya : ym;
       const vint real = lane < limit;
-      const vfloat room = vabs(xv) - g;
+      const vfloat room = xa - g;
       there |= (room <= zero) & real;
-      const vfloat reach = (xv * yv < zero) & real ? room / vabs(yv) : inf;
+      const vfloat reach = (xv * yv < zero) & real ? room / ya : inf;
       h = reach < h ? reach : h;
     }
+    *x_max = hmax(xm);
+    *y_max = hmax(ym);
     return any_lane(there) ? 0.f : hmin(h);
   }
 
@@ -452,12 +467,12 @@ class EventRunner {
     int64_t n = 0;
     for (int64_t j0 = 0; j0 < m_.Cp; j0 += kVecWidth) {
       const vfloat mv = vload(&move_[j0]), tv = vload(&trial_[j0]);
-      if (!any_lane(((mv > zero) & (tv >= one)) | ((mv < zero) & (tv <= zero)))) continue;
-      for (int64_t j = j0; j < j0 + kVecWidth; ++j)
-        if (move_[j] != 0.f && stuck(trial_[j], move_[j])) {
-          coef_[j] = (trial_[j] - p_[j]) - s * move_[j];
-          idx_[n++] = int32_t(j);
-        }
+      append_set_lanes(lane_bits(((mv > zero) & (tv >= one)) | ((mv < zero) & (tv <= zero))), int32_t(j0),
+                       idx_.data(), &n);
+    }
+    for (int64_t q = 0; q < n; ++q) {
+      const int64_t j = idx_[q];
+      coef_[j] = (trial_[j] - p_[j]) - s * move_[j];
     }
     gather_rows_pair(idx_.data(), n, coef_.data(), move_.data(), m_.wp_t.data(), m_.H1p, col_.data(),
                      col2_.data());
@@ -501,7 +516,7 @@ class EventRunner {
     if (abs_min(v_.data(), m_.Cp, m_.C) <= ev_) gradient_exact();
   }
 
-  // Maxima of |a1|, |a2|, |u|, |w| for the drift bounds (between events a1, a2 grow by at most s u, s w).
+  // Maxima of |a1|, |a2|, |u|, |w| (in a segment a1, a2 grow by at most s u, s w per step).
   void track_maxima() {
     a1_max_ = abs_max(a1_.data(), m_.H1p);
     a2_max_ = abs_max(a2_.data(), m_.H2p);
@@ -555,47 +570,42 @@ class EventRunner {
     gather_rows(idx_.data(), nmove, move_.data(), m_.wp_t.data(), m_.H1p, u_.data());
     gather_rows(act1_.data(), n1_, u_.data(), m_.wa_t.data(), m_.H2p, w_.data());
     eu_ = ew_ = 0.f;
-    track_maxima();
   }
 
   // After v changed: components whose direction changed move u by their column and w by W_a (m1 * it).
   void redirect() {
-    const vfloat zero = vbroadcast(0.f), sigma = vbroadcast(sigma_);
+    const vfloat zero = vbroadcast(0.f), one = vbroadcast(1.f), sigma = vbroadcast(sigma_);
     int64_t n = 0;
     for (int64_t j0 = 0; j0 < m_.Cp; j0 += kVecWidth) {
-      const vfloat v = vload(&v_[j0]);
+      const vfloat v = vload(&v_[j0]), p = vload(&p_[j0]), old = vload(&move_[j0]);
       const vfloat dir = sigma * __builtin_convertvector((v < zero) - (v > zero), vfloat);
-      if (!any_lane(dir != vload(&dir_[j0]))) continue;
-      for (int64_t j = j0; j < j0 + kVecWidth; ++j) {
-        if (dir[j - j0] == dir_[j]) continue;
-        dir_[j] = dir[j - j0];
-        const float move = stuck(p_[j], dir_[j]) ? 0.f : dir_[j];
-        if (move != move_[j]) {
-          coef_[j] = move - move_[j];
-          move_[j] = move;
-          idx_[n++] = int32_t(j);
-        }
-      }
+      // `stuck` for the new directions: a component moves unless it would leave [0, 1].
+      const vint out = ((dir > zero) & (p >= one)) | ((dir < zero) & (p <= zero));
+      const vfloat move = out ? zero : dir;
+      vstore(&dir_[j0], dir);
+      vstore(&move_[j0], move);
+      vstore(&coef_[j0], move - old);
+      append_set_lanes(lane_bits(move != old), int32_t(j0), idx_.data(), &n);
     }
     if (n == 0) return;
     gather_rows(idx_.data(), n, coef_.data(), m_.wp_t.data(), m_.H1p, col_.data());
     axpy(u_.data(), 1.f, col_.data(), m_.H1p);
     gather_rows(act1_.data(), n1_, col_.data(), m_.wa_t.data(), m_.H2p, tmp_.data());
     axpy(w_.data(), 1.f, tmp_.data(), m_.H2p);
-    track_maxima();
     eu_ += kUlp * float(n) * d_.wp_max;
     ew_ += kUlp * float(n) * d_.wa_rows * d_.wp_max;
   }
 
-  // The whole state recomputed from p. When the exact masks differ from the tracked ones, that is a
-  // mask change of the latest iteration (counted unless it was already).
-  void refresh(bool counted) {
+  // a1, a2 recomputed from p and, when the exact masks differ from the tracked ones (a mask change of
+  // the latest iteration, counted unless it was already) or `periodic`, the gradient and direction too;
+  // with the same masks the tracked gradient and direction are still right, within their own bounds.
+  void refresh(bool counted, bool periodic = false) {
     std::copy(m1_.begin(), m1_.end(), col_.begin());
     std::copy(m2_.begin(), m2_.end(), tmp_.begin());
     forward_exact();
     const bool differ = !std::equal(m1_.begin(), m1_.end(), col_.begin()) ||
                         !std::equal(m2_.begin(), m2_.end(), tmp_.begin());
-    direction_exact();
+    if (differ || periodic) direction_exact();
     begin_segment();
     if (differ && !counted) ++mask_events_;
     ++refreshes_;

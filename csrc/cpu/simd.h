@@ -39,6 +39,16 @@ inline bool any_lane(vint v) {
   for (int l = 0; l < kVecWidth / 2; ++l) r |= words[l];
   return r != 0;
 }
+// Bit l set where lane l of a comparison mask is (AVX-512 builds make this one mask move).
+inline uint32_t lane_bits(vint v) {
+  uint32_t bits = 0;
+  for (int l = 0; l < kVecWidth; ++l) bits |= uint32_t(v[l] != 0) << l;
+  return bits;
+}
+// Appends base + l for every set bit l of `bits` to idx[*count...], lowest first.
+inline void append_set_lanes(uint32_t bits, int32_t base, int32_t* idx, int64_t* count) {
+  for (; bits != 0; bits &= bits - 1) idx[(*count)++] = base + __builtin_ctz(bits);
+}
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 }  // namespace cpu
