@@ -71,8 +71,11 @@ def test_event_heavy_batches_hand_over_to_the_dense_loop_and_stay_reproducible(o
         torch.set_num_threads(before_threads)
     for a, b in zip(*runs):
         assert torch.equal(a, b)
-    adv, _, _, events = runs[0]
-    assert _fraction_close(adv, aeppt_reference(probs, *weights, steps, *options)[0]) >= 0.995
+    adv, _, after, events = runs[0]
+    ref_adv, _, ref_after = aeppt_reference(probs, *weights, steps, *options)
+    assert _fraction_close(adv, ref_adv) >= 0.995
+    # The dense loop's last pass (on p_T, to count its events) also gives the final scores.
+    assert _fraction_close(after, ref_after, 1e-4) >= 0.99
     counts = aeppt_event_counts(probs, *weights, steps, *options)
     assert float((events[:, :2] == counts).all(1).float().mean()) >= 0.99
     assert float(counts[:, 0].float().mean()) > 0.75 * 99  # the case is event-heavy, as meant

@@ -690,6 +690,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> aeppt_events_cpu(
       active[k] = wk.runners[k].position() < T;  // handed over, not stopped
       wk.runners[k].finish(&p[k * Cp], ev + (b0 + k) * 3);
     }
+    dense.z_current = false;  // the event loops moved p
     if (dense_from < T)
       dense.iterate(p, label, target, active, nvalid, dense_from, T, st, B, b0, opt, false, ev + b0 * 3);
     finish_block(dense, p, label, nvalid, C, opt, ap + b0 * C, so + b0);

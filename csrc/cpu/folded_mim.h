@@ -215,6 +215,7 @@ struct DenseBlock {
   std::vector<float> a1, h1, a2, dsign, g1, v, trial;
   std::vector<int32_t> prev1, prev2, act1, act2;  // active units behind dsign, and of the current pass
   float z[kBlock];
+  bool z_current = false;  // z is the logit of the block's p as it is now (no step since the last pass)
 
   explicit DenseBlock(const PackedMim& mim)
       : m(mim), a1(kBlock * mim.H1p), h1(kBlock * mim.H1p), a2(kBlock * mim.H2p), dsign(kBlock * mim.Cp),
@@ -223,6 +224,7 @@ struct DenseBlock {
 
   void forward(const float* p, const int64_t* label) {
     block_forward(m, p, label, a1.data(), h1.data(), a2.data(), z);
+    z_current = true;
   }
 
   // Iterations t0 .. T-1 for the active samples, from their current p (forward_done: the pass on it
@@ -270,6 +272,7 @@ struct DenseBlock {
         // One vector pass over the padded row (pads stay 0: their direction is 0): the clipped step,
         // and whether it took a component to a bound (counted when events are).
         float* dst = opt.preserve_label ? trial.data() : ps;  // in place unless the step may be rejected
+        z_current = z_current && opt.preserve_label;
         const vfloat sv = vbroadcast(step * dz_sign), zero = vbroadcast(0.f), one = vbroadcast(1.f);
         vint reached = {};
         for (int64_t j = 0; j < Cp; j += kVecWidth) {
@@ -283,6 +286,7 @@ struct DenseBlock {
         if (opt.preserve_label) {
           if (!argmax_is(dst, C, label[s])) continue;
           std::copy_n(dst, C, ps);
+          z_current = false;
         }
         if (events != nullptr) events[s * 3 + 1] += any_lane(reached);
       }
@@ -290,14 +294,15 @@ struct DenseBlock {
   }
 };
 
-// Final vectors of a block: renormalised if asked, copied out, and scored with one more pass.
+// Final vectors of a block: renormalised if asked, copied out, and scored (with one more pass unless
+// the latest one, e.g. counting events, was on them).
 inline void finish_block(DenseBlock& dense, float* p, const int64_t* label, int nvalid, int64_t C, AepptOptions opt,
                          float* adv, float* score_out) {
   for (int s = 0; s < nvalid; ++s) {
     if (opt.renormalize) renormalize_row(p + s * dense.m.Cp, C);
     std::copy_n(p + s * dense.m.Cp, C, adv + s * C);
   }
-  dense.forward(p, label);
+  if (opt.renormalize || !dense.z_current) dense.forward(p, label);
   for (int s = 0; s < nvalid; ++s) score_out[s] = sigmoid(dense.z[s]);
 }
 
