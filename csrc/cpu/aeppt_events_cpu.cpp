@@ -78,21 +78,18 @@ inline vfloat vabs(vfloat v) {
   typedef uint32_t vuint __attribute__((vector_size(kVecWidth * sizeof(uint32_t))));
   return (vfloat)((vuint)v & 0x7fffffffu);
 }
-// Largest and smallest lane, by halving (exact in any order; a chain over the lanes is 15 dependent steps).
-inline float hmax(vfloat v) {
+// Largest (kMax) or smallest lane, by halving (exact in any order; a chain over the lanes is 15
+// dependent steps).
+template <bool kMax>
+inline float extreme_lane(vfloat v) {
   float r[kVecWidth];
   std::memcpy(r, &v, sizeof(v));
   for (int half = kVecWidth / 2; half > 0; half /= 2)
-    for (int l = 0; l < half; ++l) r[l] = r[l + half] > r[l] ? r[l + half] : r[l];
+    for (int l = 0; l < half; ++l) r[l] = (kMax ? r[l + half] > r[l] : r[l + half] < r[l]) ? r[l + half] : r[l];
   return r[0];
 }
-inline float hmin(vfloat v) {
-  float r[kVecWidth];
-  std::memcpy(r, &v, sizeof(v));
-  for (int half = kVecWidth / 2; half > 0; half /= 2)
-    for (int l = 0; l < half; ++l) r[l] = r[l + half] < r[l] ? r[l + half] : r[l];
-  return r[0];
-}
+inline float hmax(vfloat v) { return extreme_lane<true>(v); }
+inline float hmin(vfloat v) { return extreme_lane<false>(v); }
 // max |x[0:n]| (n a multiple of kVecWidth; pads are 0).
 inline float abs_max(const float* x, int64_t n) {
   vfloat r = vbroadcast(0.f);
@@ -148,6 +145,11 @@ inline void axpy(float* y, float a, const float* x, int64_t n) {
 
 // A component that does not move: no step direction, or the step pushes it further out of [0, 1].
 inline bool stuck(float p, float dir) { return dir == 0.f || (dir > 0.f && p >= 1.f) || (dir < 0.f && p <= 0.f); }
+// Lanes whose direction pushes p out of [0, 1] (p at or past the bound it heads for): `stuck` for nonzero dir.
+inline vint pushes_out(vfloat dir, vfloat p) {
+  const vfloat zero = vbroadcast(0.f), one = vbroadcast(1.f);
+  return ((dir > zero) & (p >= one)) | ((dir < zero) & (p <= zero));
+}
 
 // x[0:n] += s * y (+ extra when given). Returns whether a real entry (index < n_real; the rest are
 // pads) is within `bound` of 0, and how many entries' signs now differ from mask (1 = positive), their
@@ -340,17 +342,18 @@ class EventRunner {
         e2_ += d_.wa_max * (e1_ + kUlp * std::fabs(a1_[i]));
         ew_ += kUlp * std::fabs(u_[i]) * d_.wa_max;
       }
-      bool flips2 = s2.flips > 0, near2 = s2.near_zero;
+      int64_t nflip2 = s2.flips;  // their positions in flip2_
+      bool near2 = s2.near_zero;
       if (nbound > 0 || nflip1 > 0) {  // a2 changed after its scan
-        flips2 = sign_changes(a2_.data(), m2_.data(), m_.H2p, flip2_.data()) > 0;
+        nflip2 = sign_changes(a2_.data(), m2_.data(), m_.H2p, flip2_.data());
         near2 = abs_min(a2_.data(), m_.H2p, m_.H2) <= e2_;
       }
       if (near2) {
         refresh(false);
         continue;
       }
-      if (nflip1 > 0 || flips2) {
-        update_gradient(nflip1);
+      if (nflip1 > 0 || nflip2 > 0) {
+        update_gradient(nflip1, nflip2);
         redirect();
         ++mask_events_;
         counted = true;
@@ -449,7 +452,7 @@ class EventRunner {
       tv = tv > one ? one : tv;
       vstore(&trial_[j], tv);
       sum += tv;
-      hit |= ((mv > zero) & (tv >= one)) | ((mv < zero) & (tv <= zero));
+      hit |= pushes_out(mv, tv);
     }
     psum_ = 0.f;
     bool any = false;
@@ -463,12 +466,10 @@ class EventRunner {
   // Components that reach a bound this step: col = W_p (clipped part of their step), col2 = W_p (their
   // old direction); they stop moving. Returns how many.
   int64_t take_bounds(float s) {
-    const vfloat zero = vbroadcast(0.f), one = vbroadcast(1.f);
     int64_t n = 0;
     for (int64_t j0 = 0; j0 < m_.Cp; j0 += kVecWidth) {
       const vfloat mv = vload(&move_[j0]), tv = vload(&trial_[j0]);
-      append_set_lanes(lane_bits(((mv > zero) & (tv >= one)) | ((mv < zero) & (tv <= zero))), int32_t(j0),
-                       idx_.data(), &n);
+      append_set_lanes(lane_bits(pushes_out(mv, tv)), int32_t(j0), idx_.data(), &n);
     }
     for (int64_t q = 0; q < n; ++q) {
       const int64_t j = idx_[q];
@@ -480,10 +481,11 @@ class EventRunner {
     return n;
   }
 
-  // The masks take their new values; v follows: a flipped unit of m1 adds or removes its row of W_p
-  // (times the old g1), a flipped unit of m2 changes g1 by its row of W_a, which reaches v through W_p^T
-  // over the new m1. v is recomputed exactly when drift could decide one of its signs.
-  void update_gradient(int64_t nflip1) {
+  // The masks take their new values (the flipped units in flip1_, flip2_); v follows: a flipped unit of
+  // m1 adds or removes its row of W_p (times the old g1), a flipped unit of m2 changes g1 by its row of
+  // W_a, which reaches v through W_p^T over the new m1. v is recomputed exactly when drift could decide
+  // one of its signs.
+  void update_gradient(int64_t nflip1, int64_t nflip2) {
     for (int64_t q = 0; q < nflip1; ++q) {
       const int64_t i = flip1_[q];
       const float sgn = a1_[i] > 0.f ? 1.f : -1.f;
@@ -493,7 +495,6 @@ class EventRunner {
       axpy(v_.data(), sgn * g1_[i], row, m_.Cp);
       ev_ += kUlp * std::fabs(g1_[i]) * d_.wp_max;
     }
-    const int64_t nflip2 = sign_changes(a2_.data(), m2_.data(), m_.H2p, flip2_.data());
     for (int64_t q = 0; q < nflip2; ++q) {
       const int32_t o = flip2_[q];
       m2_[o] = a2_[o] > 0.f ? 1.f : 0.f;
@@ -574,14 +575,12 @@ class EventRunner {
 
   // After v changed: components whose direction changed move u by their column and w by W_a (m1 * it).
   void redirect() {
-    const vfloat zero = vbroadcast(0.f), one = vbroadcast(1.f), sigma = vbroadcast(sigma_);
+    const vfloat zero = vbroadcast(0.f), sigma = vbroadcast(sigma_);
     int64_t n = 0;
     for (int64_t j0 = 0; j0 < m_.Cp; j0 += kVecWidth) {
       const vfloat v = vload(&v_[j0]), p = vload(&p_[j0]), old = vload(&move_[j0]);
       const vfloat dir = sigma * __builtin_convertvector((v < zero) - (v > zero), vfloat);
-      // `stuck` for the new directions: a component moves unless it would leave [0, 1].
-      const vint out = ((dir > zero) & (p >= one)) | ((dir < zero) & (p <= zero));
-      const vfloat move = out ? zero : dir;
+      const vfloat move = pushes_out(dir, p) ? zero : dir;  // `stuck` for the new directions
       vstore(&dir_[j0], dir);
       vstore(&move_[j0], move);
       vstore(&coef_[j0], move - old);
